@@ -1,0 +1,278 @@
+"""The Orchestrator: workflows, runs and workers, on the server's event loop (spec/000 §2).
+
+Every public method is called from the event loop thread; the scheduler thread reaches it only
+through messages the bus hands to :meth:`_handle_scheduler_message` via
+``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from lattice.core.observer import EngineObserver
+from lattice.core.orchestrator.context import BaseContext, RunContext, SingleTaskContext
+from lattice.core.orchestrator.events import EventStore, InMemoryEventStore, RunLog
+from lattice.core.resource.manager import ResourceManager
+from lattice.core.resource.node import NodeResources
+from lattice.core.runtime.task import LangGraphTaskRuntime
+from lattice.core.scheduler.message_bus import MessageBus
+from lattice.core.scheduler.messages import (
+    Message,
+    MessageType,
+    RunControlData,
+    RunTaskData,
+    StartWorkerData,
+    StopWorkerData,
+    TaskCancelledData,
+    TaskFailedData,
+    TaskFinishedData,
+    TaskStartedData,
+)
+from lattice.core.scheduler.scheduler import Scheduler
+from lattice.core.workflow.base import CodeTask, LangGraphTask, TaskType, Workflow
+from lattice.exceptions import (
+    LatticeInputError,
+    LatticeUsageError,
+    OrchestratorNotInitializedError,
+    RunNotFoundError,
+    WorkflowNotFoundError,
+)
+from lattice.executor.base import ExecutorBackend
+from lattice.serialization import decode_code
+
+log = logging.getLogger(__name__)
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        executor: ExecutorBackend,
+        *,
+        observer: EngineObserver | None = None,
+        store: EventStore | None = None,
+        local_resources: NodeResources | None = None,
+        max_attempts: int = 3,
+        ray_head_port: int | None = None,
+    ) -> None:
+        self.executor = executor
+        self.ray_head_port = ray_head_port
+        self._observer = observer or EngineObserver()
+        self._store = store or InMemoryEventStore()
+        self._local_resources = local_resources
+        self._max_attempts = max_attempts
+        self._message_bus: MessageBus | None = None
+        self._scheduler: Scheduler | None = None
+        self.resource_manager = ResourceManager()
+        self._workflows: dict[str, Workflow] = {}
+        self._run_contexts: dict[str, BaseContext] = {}
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def initialize(self, ready_timeout: float = 30.0) -> None:
+        """Start the executor and the scheduler thread; return once the scheduler is ready."""
+        self.executor.initialize()
+        nodes = self.executor.cluster_nodes()
+        if nodes:
+            self.resource_manager.initialize_with_ray(nodes)
+        else:
+            self.resource_manager.initialize_local(self._local_resources)
+        self._message_bus = MessageBus()
+        self._scheduler = Scheduler(
+            self._message_bus,
+            self.executor,
+            self.resource_manager,
+            self._observer,
+            max_attempts=self._max_attempts,
+        )
+        self._scheduler.start()
+        if not self._message_bus.wait_ready(ready_timeout):
+            raise LatticeUsageError(f"scheduler did not start within {ready_timeout}s")
+
+    async def start_monitor(self) -> None:
+        """Route scheduler messages onto this event loop (no polling: a thread-safe hand-off)."""
+        loop = asyncio.get_running_loop()
+
+        def listener(message: Message) -> None:
+            loop.call_soon_threadsafe(self._handle_scheduler_message, message)
+
+        self._bus.set_listener(listener)
+
+    def cleanup(self, timeout: float = 5.0) -> None:
+        """End open runs, stop the scheduler, shut the executor down."""
+        for ctx in list(self._run_contexts.values()):
+            if isinstance(ctx, RunContext):
+                ctx.abort("server shutting down")
+        if self._scheduler is not None and self._message_bus is not None:
+            self._message_bus.set_listener(None)
+            self._message_bus.send_to_scheduler(Message(MessageType.SHUTDOWN))
+            if not self._scheduler.join(timeout):
+                log.warning("scheduler thread did not stop within %ss", timeout)
+            self._scheduler = None
+        self.executor.shutdown()
+
+    @property
+    def _bus(self) -> MessageBus:
+        if self._message_bus is None:
+            raise OrchestratorNotInitializedError()
+        return self._message_bus
+
+    # --- workflows --------------------------------------------------------------------------
+
+    def create_workflow(self, workflow_id: str | None = None) -> Workflow:
+        workflow_id = workflow_id or str(uuid.uuid4())
+        if workflow_id in self._workflows:
+            raise LatticeInputError(f"workflow {workflow_id} already exists")
+        workflow = self._workflows[workflow_id] = Workflow(workflow_id)
+        self._observer.workflow_created(workflow_id)
+        return workflow
+
+    def get_workflow(self, workflow_id: str) -> Workflow:
+        try:
+            return self._workflows[workflow_id]
+        except KeyError:
+            raise WorkflowNotFoundError(workflow_id) from None
+
+    def add_task(self, workflow_id: str, task_type: str, task_name: str) -> str:
+        workflow = self.get_workflow(workflow_id)
+        if TaskType.parse(task_type) is not TaskType.CODE:
+            raise LatticeInputError(
+                f"Invalid task type {task_type!r} for /add_task; LangGraph tasks use /add_langgraph_task"
+            )
+        if not task_name:
+            raise LatticeInputError("task_name must not be empty")
+        task_id = str(uuid.uuid4())
+        workflow.add_task(task_id, CodeTask(workflow_id, task_id, task_name))
+        return task_id
+
+    def add_langgraph_task(
+        self,
+        workflow_id: str,
+        task_type: str,
+        task_name: str,
+        code_ser: str,
+        resources: dict[str, Any] | None,
+    ) -> str:
+        workflow = self.get_workflow(workflow_id)
+        if TaskType.parse(task_type) is not TaskType.LANGGRAPH:
+            raise LatticeInputError(f"Invalid task type {task_type!r}; expected 'langgraph'")
+        task_id = str(uuid.uuid4())
+        task = LangGraphTask.create(workflow_id, task_id, task_name, code_ser, resources)
+        workflow.add_task(task_id, task)
+        return task_id
+
+    # --- runs -------------------------------------------------------------------------------
+
+    def run_workflow(self, workflow_id: str) -> str:
+        """Start a run on a copy of the workflow; return its run id."""
+        workflow = self.get_workflow(workflow_id)
+        unsaved = [t.task_id for t in workflow.code_tasks() if not t.saved]
+        if unsaved:
+            raise LatticeInputError(f"task(s) {unsaved} have no code yet; save them before running")
+        if any(not isinstance(t, CodeTask) for t in workflow.tasks()):
+            raise LatticeInputError(
+                "this workflow holds LangGraph tasks; they run one call at a time via /run_langgraph_task"
+            )
+        run_id = str(uuid.uuid4())
+        copy = workflow.copy_for_run()
+        run_log = self._store.create(run_id, workflow_id, [t.task_id for t in copy.tasks()])
+        ctx = RunContext(run_id, copy, self._bus, run_log, self._observer, self._on_run_finished)
+        self._run_contexts[run_id] = ctx
+        self._observer.run_started(run_id, workflow_id)
+        ctx.submit_start_tasks()
+        return run_id
+
+    def _on_run_finished(self, ctx: RunContext) -> None:
+        self._run_contexts.pop(ctx.run_id, None)
+        self._store.finished(ctx.run_id)
+
+    def get_run_log(self, run_id: str, workflow_id: str | None = None) -> RunLog:
+        run_log = self._store.get(run_id)
+        if workflow_id is not None and run_log.workflow_id != workflow_id:
+            raise RunNotFoundError(run_id, workflow_id)
+        return run_log
+
+    async def wait_workflow_complete(self, run_id: str) -> list[dict[str, Any]]:
+        run_log = self.get_run_log(run_id)
+        await run_log.wait_closed()
+        return [e.to_message() for e in run_log.events()]
+
+    def cancel_run(self, run_id: str) -> None:
+        self.get_run_log(run_id)
+        ctx = self._run_contexts.get(run_id)
+        if isinstance(ctx, RunContext):
+            ctx.cancel()
+
+    def retire_run(self, run_id: str) -> None:
+        self._store.retire(run_id)
+
+    async def run_langgraph_task(
+        self, workflow_id: str, task_id: str, args: str, kwargs: str
+    ) -> tuple[Any, Any]:
+        """Run one LangGraph node call; return ``(encoded_result, None)`` or ``(None, error)``."""
+        task = self.get_workflow(workflow_id).get_task(task_id)
+        if not isinstance(task, LangGraphTask):
+            raise LatticeInputError(f"task {task_id} is not a langgraph task")
+        raw_args = decode_code(args, "args") if args else b""
+        raw_kwargs = decode_code(kwargs, "kwargs") if kwargs else b""
+        call_id = f"call-{uuid.uuid4()}"
+        ctx = SingleTaskContext(task_id, call_id)
+        self._run_contexts[call_id] = ctx
+        runtime = LangGraphTaskRuntime(
+            run_id=call_id,
+            workflow_id=workflow_id,
+            task_id=task_id,
+            task_name=task.task_name,
+            code=task.code,
+            code_id=task.code_id,
+            requirements=task.requirements,
+            serialized_args=raw_args,
+            serialized_kwargs=raw_kwargs,
+        )
+        self._bus.send_to_scheduler(Message(MessageType.RUN_TASK, RunTaskData(runtime)))
+        try:
+            return await ctx.wait_result()
+        finally:
+            self._run_contexts.pop(call_id, None)
+            self._bus.send_to_scheduler(
+                Message(MessageType.CLEAR_WORKFLOW, RunControlData(call_id))
+            )
+
+    # --- workers ----------------------------------------------------------------------------
+
+    def add_worker(
+        self, node_ip: str, node_id: str, resources: dict[str, Any] | NodeResources
+    ) -> None:
+        parsed = (
+            resources
+            if isinstance(resources, NodeResources)
+            else NodeResources.from_wire(resources)
+        )
+        self._bus.send_to_scheduler(
+            Message(MessageType.START_WORKER, StartWorkerData(node_id, node_ip, parsed))
+        )
+
+    def remove_worker(self, node_id: str) -> None:
+        self._bus.send_to_scheduler(Message(MessageType.STOP_WORKER, StopWorkerData(node_id)))
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return self.resource_manager.snapshot()
+
+    # --- scheduler messages -----------------------------------------------------------------
+
+    def _handle_scheduler_message(self, message: Message) -> None:
+        data = message.data
+        run_id = getattr(data, "run_id", None)
+        ctx = self._run_contexts.get(run_id) if run_id else None
+        if ctx is None:
+            return  # the run already ended (e.g. a late report after cancellation)
+        if isinstance(data, TaskStartedData):
+            ctx.on_task_started(data)
+        elif isinstance(data, TaskFinishedData):
+            ctx.on_task_finished(data)
+        elif isinstance(data, TaskFailedData):
+            ctx.on_task_failed(data)
+        elif isinstance(data, TaskCancelledData):
+            ctx.on_task_cancelled(data)

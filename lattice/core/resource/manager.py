@@ -1,0 +1,198 @@
+"""ResourceManager: the one authority on where a task runs (DESIGN decision 3).
+
+Not thread-safe on purpose: only the scheduler thread calls it. Read-only snapshots for the
+API (``GET /nodes``) are taken through ``snapshot()``, which the scheduler publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+import psutil
+
+from lattice.core.resource.node import GpuResource, Node, NodeResources, NodeStatus, SelectedNode
+from lattice.core.resource.requirements import TaskResourceRequirements
+from lattice.exceptions import NodeNotFoundError
+
+log = logging.getLogger(__name__)
+
+LOCAL_NODE_ID = "local"
+
+
+def detect_gpus() -> dict[int, GpuResource]:
+    """GPUs visible through NVML, or none. NVML is optional (``nvidia-ml-py``)."""
+    try:
+        import pynvml
+    except ImportError:
+        return {}
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        log.info("NVML unavailable, no GPUs detected: %s", exc)
+        return {}
+    try:
+        gpus: dict[int, GpuResource] = {}
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i))
+            mb = int(info.total // (1024 * 1024))
+            gpus[i] = GpuResource(i, mb, mb, 1)
+        return gpus
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def local_resources() -> NodeResources:
+    """What this machine has: CPU cores, RAM, NVML GPUs."""
+    return NodeResources(
+        cpu_count=float(os.cpu_count() or 1),
+        memory_bytes=int(psutil.virtual_memory().total),
+        gpu_resources=detect_gpus(),
+    )
+
+
+class ResourceManager:
+    def __init__(self) -> None:
+        self._nodes: dict[str, Node] = {}
+        self._head_node_id: str | None = None
+
+    # --- membership -------------------------------------------------------------------------
+
+    def initialize_local(self, resources: NodeResources | None = None) -> None:
+        """One node: this machine (or the resources given, e.g. declared by flags)."""
+        self.add_node(LOCAL_NODE_ID, "127.0.0.1", resources or local_resources())
+        self._head_node_id = LOCAL_NODE_ID
+
+    def initialize_with_ray(self, ray_nodes: Iterable[dict[str, Any]]) -> None:
+        """Register the alive nodes of a Ray cluster, as ``ray.nodes()`` describes them.
+
+        GPUs are taken from ``ray_nodes``' ``GPU`` count; their memory from NVML when the node
+        is this machine, else ``0`` (whole-GPU tasks only) until a worker registers its own.
+        """
+        local_ip = _local_ip()
+        for info in ray_nodes:
+            if not info.get("Alive", True):
+                continue
+            res = info.get("Resources", {})
+            node_ip = info.get("NodeManagerAddress", "127.0.0.1")
+            gpus: dict[int, GpuResource] = {}
+            n_gpu = int(res.get("GPU", 0))
+            if n_gpu:
+                nvml = detect_gpus() if node_ip in (local_ip, "127.0.0.1") else {}
+                gpus = {i: nvml.get(i, GpuResource(i, 0, 0, 1)) for i in range(n_gpu)}
+            resources = NodeResources(
+                cpu_count=float(res.get("CPU", 0)),
+                memory_bytes=int(res.get("memory", 0)),
+                gpu_resources=gpus,
+            )
+            self.add_node(str(info["NodeID"]), node_ip, resources)
+            if self._head_node_id is None:
+                self._head_node_id = str(info["NodeID"])
+
+    def add_node(self, node_id: str, node_ip: str, resources: NodeResources) -> None:
+        """Add a node, or refresh one that re-registers (its allocations are kept)."""
+        existing = self._nodes.get(node_id)
+        if existing is not None and existing.status is not NodeStatus.DEAD:
+            existing.node_ip = node_ip
+            existing.status = NodeStatus.ALIVE
+            return
+        self._nodes[node_id] = Node.create(node_id, node_ip, resources)
+
+    def remove_node(self, node_id: str) -> None:
+        """Forget a node outright."""
+        if self._nodes.pop(node_id, None) is None:
+            raise NodeNotFoundError(node_id)
+
+    def drain_node(self, node_id: str) -> None:
+        """Stop placing tasks on ``node_id``; tasks running there finish."""
+        node = self._get(node_id)
+        if node.status is NodeStatus.ALIVE:
+            node.status = NodeStatus.DRAINING
+
+    def mark_dead(self, node_id: str) -> None:
+        self._get(node_id).status = NodeStatus.DEAD
+
+    def check_node_health(self, alive_node_ids: Iterable[str]) -> list[str]:
+        """Mark every live node missing from ``alive_node_ids`` dead; return their ids."""
+        alive = set(alive_node_ids)
+        dead = [
+            n.node_id
+            for n in self._nodes.values()
+            if n.status is not NodeStatus.DEAD and n.node_id not in alive
+        ]
+        for node_id in dead:
+            self._nodes[node_id].status = NodeStatus.DEAD
+        return dead
+
+    # --- placement --------------------------------------------------------------------------
+
+    def select_node(self, requirements: TaskResourceRequirements) -> SelectedNode | None:
+        """Allocate ``requirements`` on the best node that has room now, or return None."""
+        candidates = [n for n in self._nodes.values() if n.can_run_task(requirements)]
+        if not candidates:
+            return None
+        # Keep GPU nodes for GPU work; among equals, the node with the most CPU free.
+        candidates.sort(
+            key=lambda n: (
+                bool(n.total_resources.gpu_resources) and requirements.gpu == 0,
+                -n.available_resources.cpu_count,
+                n.node_id,
+            )
+        )
+        node = candidates[0]
+        gpu_ids = node.allocate_resources(requirements)
+        assert gpu_ids is not None  # can_run_task said it fits
+        return SelectedNode(node.node_id, node.node_ip, gpu_ids)
+
+    def can_ever_fit(self, requirements: TaskResourceRequirements) -> bool:
+        return any(n.could_ever_run(requirements) for n in self._nodes.values())
+
+    def explain_never_fits(self, requirements: TaskResourceRequirements) -> str:
+        alive = [n for n in self._nodes.values() if n.status is NodeStatus.ALIVE]
+        if not alive:
+            return f"task asks for {requirements.describe()} but no node is alive"
+        largest = max(
+            alive, key=lambda n: (n.total_resources.cpu_count, n.total_resources.memory_bytes)
+        )
+        return (
+            f"task asks for {requirements.describe()}, which no node can ever provide; "
+            f"the largest node ({largest.node_id}) has {largest.describe_total()}"
+        )
+
+    def release_task_resources(
+        self, node_id: str, requirements: TaskResourceRequirements, gpu_ids: tuple[int, ...] = ()
+    ) -> None:
+        node = self._nodes.get(node_id)
+        if node is not None:  # a removed node's resources are simply gone
+            node.release_resources(requirements, gpu_ids)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    @property
+    def head_node_id(self) -> str | None:
+        return self._head_node_id
+
+    def get_node(self, node_id: str) -> Node:
+        return self._get(node_id)
+
+    def nodes(self) -> list[Node]:
+        return list(self._nodes.values())
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [n.to_dict() for n in self._nodes.values()]
+
+    def _get(self, node_id: str) -> Node:
+        try:
+            return self._nodes[node_id]
+        except KeyError:
+            raise NodeNotFoundError(node_id) from None
+
+
+def _local_ip() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"

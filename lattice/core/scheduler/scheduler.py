@@ -1,0 +1,382 @@
+"""The Scheduler thread: takes ready tasks, places them, submits them, reports back.
+
+It blocks on one inbox. Messages from the orchestrator (run, cancel, workers) and from
+executor done-callbacks (``TASK_DONE``) both arrive there; the only timed wait is until the
+next batch deadline. After each wake-up it drains the inbox, releases due batches and
+dispatches everything that fits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lattice.core.observer import EngineObserver, NodeGauge
+from lattice.core.resource.manager import ResourceManager
+from lattice.core.resource.node import NodeStatus, SelectedNode
+from lattice.core.runtime.task import BaseTaskRuntime, CodeTaskRuntime, TaskStatus
+from lattice.core.runtime.workflow import WorkflowRuntimeManager
+from lattice.core.scheduler.batch_collector import BatchCollector
+from lattice.core.scheduler.message_bus import MessageBus
+from lattice.core.scheduler.messages import (
+    Message,
+    MessageType,
+    RunControlData,
+    RunTaskData,
+    StartWorkerData,
+    StopWorkerData,
+    TaskCancelledData,
+    TaskDoneData,
+    TaskFailedData,
+    TaskFinishedData,
+    TaskStartedData,
+)
+from lattice.core.scheduler.pending import PendingItem, PendingQueue, Shape
+from lattice.core.scheduler.submission import build_submission, encode_outcome, split_outcome
+from lattice.exceptions import InvalidReferenceError, TaskErrorInfo
+from lattice.executor.base import ExecutorBackend, TaskHandle, TaskKind, TaskOutcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Running:
+    item: PendingItem
+    node: SelectedNode
+    kind: TaskKind
+    handle: TaskHandle | None = None
+    started_at: float = 0.0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        message_bus: MessageBus,
+        executor: ExecutorBackend,
+        resource_manager: ResourceManager,
+        observer: EngineObserver | None = None,
+        max_attempts: int = 3,
+    ) -> None:
+        self._bus = message_bus
+        self._executor = executor
+        self._rm = resource_manager
+        self._observer = observer or EngineObserver()
+        self._max_attempts = max_attempts
+        self._runtime = WorkflowRuntimeManager()
+        self._pending = PendingQueue()
+        self._batches = BatchCollector()
+        self._running: dict[str, _Running] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._gauges_dirty = True
+        self._handlers: dict[MessageType, Callable[[Message], None]] = {
+            MessageType.RUN_TASK: self._add_pending_task,
+            MessageType.TASK_DONE: self._on_task_done,
+            MessageType.STOP_WORKFLOW: self._cancel_workflow,
+            MessageType.CLEAR_WORKFLOW: self._clear_workflow,
+            MessageType.START_WORKER: self._add_worker,
+            MessageType.STOP_WORKER: self._remove_worker,
+            MessageType.NODES_CHANGED: self._check_nodes,
+            MessageType.SHUTDOWN: self._shutdown,
+        }
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._executor.on_nodes_changed(
+            lambda: self._bus.send_to_scheduler(Message(MessageType.NODES_CHANGED))
+        )
+        self._thread = threading.Thread(
+            target=self._run_loop, name="lattice-scheduler", daemon=True
+        )
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> bool:
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run_loop(self) -> None:
+        self._bus.signal_ready()
+        while not self._stopping:
+            deadline = self._batches.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            message = self._bus.receive_in_scheduler(timeout)
+            messages = [message] if message is not None else []
+            messages.extend(self._bus.drain_in_scheduler())
+            for msg in messages:
+                self._handle_message(msg)
+            self._dispatch_batched_tasks()
+            self._dispatch_pending_tasks()
+            self._publish_gauges()
+
+    def _handle_message(self, message: Message) -> None:
+        handler = self._handlers.get(message.message_type)
+        if handler is None:
+            log.warning("scheduler ignores message %s", message.message_type)
+            return
+        try:
+            handler(message)
+        except Exception:
+            # A bug here must not kill the thread that every run depends on; it is logged
+            # with its traceback and the loop goes on.
+            log.exception("scheduler failed to handle %s", message.message_type)
+
+    # --- queueing ---------------------------------------------------------------------------
+
+    def _add_pending_task(self, message: Message) -> None:
+        assert isinstance(message.data, RunTaskData)
+        task = message.data.task
+        self._runtime.add_task(task)
+        task.status = TaskStatus.READY
+        task.enqueued_at = time.monotonic()
+        if isinstance(task, CodeTaskRuntime) and task.batch is not None:
+            self._batches.add_task(task.batch_group, task, task.batch, task.enqueued_at)
+        else:
+            self._pending.push(PendingItem([task], task.requirements, task.priority))
+        self._gauges_dirty = True
+
+    def _dispatch_batched_tasks(self) -> None:
+        for batch in self._batches.get_ready_batches(time.monotonic()):
+            first = batch[0]
+            self._pending.push(
+                PendingItem(
+                    list(batch), first.requirements, min(t.priority for t in batch), batched=True
+                )
+            )
+
+    def _dispatch_pending_tasks(self) -> None:
+        blocked: set[Shape] = set()
+        while True:
+            item = self._pending.best(blocked)
+            if item is None:
+                return
+            node = self._rm.select_node(item.requirements)
+            if node is not None:
+                self._pending.pop(item)
+                self._submit_task(item, node)
+            elif not self._rm.can_ever_fit(item.requirements):
+                self._pending.pop(item)
+                reason = self._rm.explain_never_fits(item.requirements)
+                error = TaskErrorInfo.framework("ResourceUnavailableError", reason)
+                for task in item.tasks:
+                    self._fail(task, error, node_id="")
+            else:
+                blocked.add(item.shape)
+
+    def _submit_task(self, item: PendingItem, node: SelectedNode) -> None:
+        key = item.tasks[0].key if not item.batched else f"batch/{uuid.uuid4().hex}"
+        try:
+            submission = build_submission(key, item, node, self._runtime)
+        except InvalidReferenceError as exc:
+            self._rm.release_task_resources(node.node_id, item.requirements, node.gpu_ids)
+            for task in item.tasks:
+                self._fail(task, TaskErrorInfo.framework("InvalidReferenceError", str(exc)), "")
+            return
+        running = _Running(item, node, submission.kind, started_at=time.monotonic())
+        self._running[key] = running
+        for task in item.tasks:
+            task.attempts += 1
+            self._runtime.run_task(task, key, node)
+            self._observer.task_submitted(
+                task.task_name, node.node_id, running.started_at - task.enqueued_at
+            )
+            self._bus.send_from_scheduler(
+                Message(
+                    MessageType.START_TASK,
+                    TaskStartedData(
+                        task.run_id,
+                        task.workflow_id,
+                        task.task_id,
+                        task.task_name,
+                        node.node_id,
+                        node.node_ip,
+                        node.gpu_ids,
+                    ),
+                )
+            )
+        self._gauges_dirty = True
+        try:
+            running.handle = self._executor.submit(submission)
+        except Exception as exc:
+            log.exception("executor refused task %s", key)
+            self._on_task_done(
+                Message(MessageType.TASK_DONE, TaskDoneData(key, TaskOutcome(error=_error_of(exc))))
+            )
+            return
+        kind, name = submission.kind, submission.task_name
+
+        def done(outcome: TaskOutcome) -> None:
+            outcome, encoded = encode_outcome(kind, name, outcome)
+            self._bus.send_to_scheduler(
+                Message(MessageType.TASK_DONE, TaskDoneData(key, outcome, encoded))
+            )
+
+        running.handle.add_done_callback(done)
+
+    # --- completion -------------------------------------------------------------------------
+
+    def _on_task_done(self, message: Message) -> None:
+        assert isinstance(message.data, TaskDoneData)
+        data = message.data
+        running = self._running.pop(data.key, None)
+        if running is None:
+            return  # already settled (e.g. cancelled, then reported by the executor)
+        item, node, outcome = running.item, running.node, data.outcome
+        self._rm.release_task_resources(node.node_id, item.requirements, node.gpu_ids)
+        self._gauges_dirty = True
+        live = [t for t in item.tasks if not self._runtime.is_cancelled(t.run_id, t.task_id)]
+        for task in item.tasks:
+            if task not in live:
+                self._report_cancelled(task, node.node_id)
+        if not live:
+            return
+        if outcome.lost and all(t.attempts < self._max_attempts for t in live):
+            log.warning("task %s lost with its node %s; dispatching again", data.key, node.node_id)
+            for task in live:
+                task.status = TaskStatus.READY
+            self._pending.push_front(
+                PendingItem(live, item.requirements, item.priority, item.batched)
+            )
+            return
+        if not outcome.ok:
+            assert outcome.error is not None
+            error = outcome.error
+            if outcome.lost:
+                error = TaskErrorInfo.framework(
+                    error.type, f"{error.message} (gave up after {self._max_attempts} attempts)"
+                )
+            for task in live:
+                self._fail(task, error, node.node_id, outcome.duration)
+            return
+        for task, value, encoded in split_outcome(item.tasks, item.batched, outcome, data.encoded):
+            if task not in live:
+                continue
+            self._runtime.set_task_result(task, value)
+            self._observer.task_completed(task.task_name, node.node_id, outcome.duration)
+            self._bus.send_from_scheduler(
+                Message(
+                    MessageType.FINISH_TASK,
+                    TaskFinishedData(
+                        task.run_id,
+                        task.workflow_id,
+                        task.task_id,
+                        task.task_name,
+                        value,
+                        encoded,
+                        node.node_id,
+                        outcome.duration,
+                    ),
+                )
+            )
+
+    def _fail(
+        self, task: BaseTaskRuntime, error: TaskErrorInfo, node_id: str, duration: float = 0.0
+    ) -> None:
+        task.status = TaskStatus.FAILED
+        self._observer.task_failed(task.task_name, node_id, duration)
+        self._bus.send_from_scheduler(
+            Message(
+                MessageType.TASK_EXCEPTION,
+                TaskFailedData(
+                    task.run_id, task.workflow_id, task.task_id, task.task_name, error, node_id
+                ),
+            )
+        )
+
+    def _report_cancelled(self, task: BaseTaskRuntime, node_id: str) -> None:
+        task.status = TaskStatus.CANCELLED
+        self._observer.task_cancelled(task.task_name, node_id)
+        self._bus.send_from_scheduler(
+            Message(
+                MessageType.TASK_CANCELLED,
+                TaskCancelledData(task.run_id, task.workflow_id, task.task_id, task.task_name),
+            )
+        )
+
+    # --- runs -------------------------------------------------------------------------------
+
+    def _cancel_workflow(self, message: Message) -> None:
+        assert isinstance(message.data, RunControlData)
+        run_id = message.data.run_id
+        queued = self._pending.remove_run(run_id) + list(self._batches.remove_run(run_id))
+        for task in queued:
+            self._report_cancelled(task, "")
+        for task in self._runtime.cancel_workflow(run_id):
+            for running in self._running.values():
+                # A batch shared with other runs keeps running for them.
+                if (
+                    task in running.item.tasks
+                    and running.handle is not None
+                    and all(t.run_id == run_id for t in running.item.tasks)
+                ):
+                    self._executor.cancel(running.handle)
+        self._gauges_dirty = True
+
+    def _clear_workflow(self, message: Message) -> None:
+        assert isinstance(message.data, RunControlData)
+        self._runtime.clear_workflow(message.data.run_id)
+
+    # --- nodes ------------------------------------------------------------------------------
+
+    def _add_worker(self, message: Message) -> None:
+        assert isinstance(message.data, StartWorkerData)
+        data = message.data
+        self._rm.add_node(data.node_id, data.node_ip, data.resources)
+        self._gauges_dirty = True
+
+    def _remove_worker(self, message: Message) -> None:
+        assert isinstance(message.data, StopWorkerData)
+        self._rm.drain_node(message.data.node_id)
+        self._gauges_dirty = True
+
+    def _check_nodes(self, message: Message) -> None:
+        alive = self._executor.alive_node_ids()
+        if alive is None:
+            return
+        known = {n.node_id for n in self._rm.nodes()}
+        if alive - known:
+            # Nodes joined the cluster without registering: count what Ray says they have.
+            new = [n for n in self._executor.cluster_nodes() if n.get("NodeID") in alive - known]
+            self._rm.initialize_with_ray(new)
+        for node_id in self._rm.check_node_health(alive):
+            log.warning("node %s is dead; its tasks will be dispatched again", node_id)
+        self._gauges_dirty = True
+
+    def _shutdown(self, message: Message) -> None:
+        self._stopping = True
+        for running in list(self._running.values()):
+            if running.handle is not None:
+                self._executor.cancel(running.handle)
+
+    # --- gauges -----------------------------------------------------------------------------
+
+    def _publish_gauges(self) -> None:
+        if not self._gauges_dirty:
+            return
+        self._gauges_dirty = False
+        self._observer.pending_changed(len(self._pending) + self._batches.pending_count())
+        self._observer.nodes_changed(
+            [
+                NodeGauge(
+                    n.node_id,
+                    n.available_resources.cpu_count,
+                    n.available_resources.memory_bytes,
+                    {
+                        g.gpu_id: g.gpu_memory_available
+                        for g in n.available_resources.gpu_resources.values()
+                    },
+                    n.status is not NodeStatus.DEAD,
+                )
+                for n in self._rm.nodes()
+            ]
+        )
+
+
+def _error_of(exc: BaseException) -> TaskErrorInfo:
+    return TaskErrorInfo.framework(type(exc).__name__, f"executor could not run the task: {exc}")

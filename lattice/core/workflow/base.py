@@ -1,0 +1,388 @@
+"""Workflows and their tasks: a DAG on networkx (spec/000 §5).
+
+A ``Workflow`` is a definition; every run works on its own copy (:meth:`Workflow.copy_for_run`),
+so concurrent runs of one workflow never see each other's completions.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import networkx as nx
+
+from lattice.core.resource.requirements import TaskResourceRequirements
+from lattice.core.workflow.inputs import (
+    BatchConfig,
+    InputParam,
+    InputSchema,
+    parse_task_input,
+    parse_task_output,
+)
+from lattice.exceptions import (
+    CycleError,
+    InvalidReferenceError,
+    LatticeInputError,
+    TaskNotFoundError,
+)
+from lattice.executor.base import code_digest
+from lattice.executor.sandbox.policy import SandboxSpec
+from lattice.serialization import decode_code
+
+#: spec/004: 0 critical, 1 high, 2 normal, 3 low, 4 idle
+PRIORITY_LEVELS = range(5)
+DEFAULT_PRIORITY = 2
+
+
+def parse_priority(value: Any) -> int:
+    if value is None:
+        return DEFAULT_PRIORITY
+    if isinstance(value, bool) or not isinstance(value, int) or value not in PRIORITY_LEVELS:
+        raise LatticeInputError(
+            f"priority must be an integer from 0 (critical) to 4 (idle), got {value!r}"
+        )
+    return value
+
+
+class TaskType(str, Enum):
+    CODE = "code"
+    LANGGRAPH = "langgraph"
+
+    @classmethod
+    def parse(cls, value: str) -> TaskType:
+        try:
+            return cls(value)
+        except ValueError:
+            raise LatticeInputError(
+                f"Invalid task type {value!r}; allowed: {', '.join(t.value for t in cls)}"
+            ) from None
+
+
+@dataclass
+class BaseTask(ABC):
+    workflow_id: str
+    task_id: str
+    task_name: str
+    completed: bool = False
+
+    @property
+    @abstractmethod
+    def task_type(self) -> TaskType: ...
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class CodeTask(BaseTask):
+    resources: dict[str, Any] | None = None
+    task_input: dict[str, Any] | None = None
+    task_output: dict[str, Any] | None = None
+    code_str: str | None = None
+    serialized_code: str | None = None
+    batch_config: dict[str, Any] | None = None
+    # Parsed forms, set by save(): what the engine reads.
+    requirements: TaskResourceRequirements = field(default_factory=TaskResourceRequirements)
+    inputs: tuple[InputParam, ...] = ()
+    outputs: tuple[str, ...] = ()
+    code: bytes | None = None
+    code_id: str = ""
+    batch: BatchConfig | None = None
+    priority: int = DEFAULT_PRIORITY
+    sandbox: SandboxSpec | None = None
+
+    @property
+    def task_type(self) -> TaskType:
+        return TaskType.CODE
+
+    @property
+    def saved(self) -> bool:
+        return self.code is not None
+
+    def save(
+        self,
+        task_input: dict[str, Any] | None,
+        task_output: dict[str, Any] | None,
+        code_str: str | None,
+        serialized_code: str | None,
+        resources: dict[str, Any] | None,
+        batch_config: dict[str, Any] | None = None,
+        *,
+        priority: int | None = None,
+        sandbox: SandboxSpec | None = None,
+    ) -> None:
+        """Validate everything, then store it; on any error nothing changes."""
+        if not serialized_code:
+            raise LatticeInputError("code_ser (or serialized_code) is required")
+        code = decode_code(serialized_code)
+        inputs = parse_task_input(task_input)
+        outputs = parse_task_output(task_output)
+        requirements = TaskResourceRequirements.from_dict(resources)
+        batch = BatchConfig.parse(batch_config)
+        prio = parse_priority(priority)
+        # All valid: commit.
+        self.task_input, self.task_output = task_input, task_output
+        self.code_str, self.serialized_code = code_str, serialized_code
+        self.resources, self.batch_config = resources, batch_config
+        self.inputs, self.outputs, self.requirements = inputs, outputs, requirements
+        self.code, self.code_id, self.batch = code, code_digest(code), batch
+        self.priority, self.sandbox = prio, sandbox
+
+    def references(self) -> list[InputParam]:
+        return [p for p in self.inputs if p.schema is InputSchema.FROM_TASK]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workflow_id": self.workflow_id,
+            "task_id": self.task_id,
+            "task_name": self.task_name,
+            "task_type": self.task_type.value,
+            "task_input": self.task_input,
+            "task_output": self.task_output,
+            "code_str": self.code_str,
+            "resources": self.requirements.to_dict(),
+            "batch_config": self.batch.to_dict() if self.batch else None,
+            "priority": self.priority,
+            "saved": self.saved,
+        }
+
+
+@dataclass
+class LangGraphTask(BaseTask):
+    serialized_code: str = ""
+    resources: dict[str, Any] = field(default_factory=dict)
+    serialized_args: str | None = None
+    serialized_kwargs: str | None = None
+    code: bytes = b""
+    code_id: str = ""
+    requirements: TaskResourceRequirements = field(default_factory=TaskResourceRequirements)
+
+    @classmethod
+    def create(
+        cls,
+        workflow_id: str,
+        task_id: str,
+        task_name: str,
+        serialized_code: str,
+        resources: dict[str, Any] | None,
+    ) -> LangGraphTask:
+        code = decode_code(serialized_code)
+        requirements = TaskResourceRequirements.from_dict(resources)
+        return cls(
+            workflow_id,
+            task_id,
+            task_name,
+            serialized_code=serialized_code,
+            resources=dict(resources or {}),
+            code=code,
+            code_id=code_digest(code),
+            requirements=requirements,
+        )
+
+    @property
+    def task_type(self) -> TaskType:
+        return TaskType.LANGGRAPH
+
+    def set_args(self, args: str) -> None:
+        self.serialized_args = args
+
+    def set_kwargs(self, kwargs: str) -> None:
+        self.serialized_kwargs = kwargs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workflow_id": self.workflow_id,
+            "task_id": self.task_id,
+            "task_name": self.task_name,
+            "task_type": self.task_type.value,
+            "resources": self.requirements.to_dict(),
+        }
+
+
+class Workflow:
+    """A DAG of tasks. Not thread-safe: the orchestrator owns it on one thread."""
+
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        self._tasks: dict[str, BaseTask] = {}
+        self._graph: nx.DiGraph = nx.DiGraph()
+
+    # --- building ---------------------------------------------------------------------------
+
+    def add_task(self, task_id: str, task: BaseTask) -> None:
+        if task_id in self._tasks:
+            raise LatticeInputError(f"task {task_id} already exists in workflow {self.workflow_id}")
+        self._tasks[task_id] = task
+        self._graph.add_node(task_id)
+
+    def get_task(self, task_id: str) -> BaseTask:
+        try:
+            return self._tasks[task_id]
+        except KeyError:
+            raise TaskNotFoundError(task_id, self.workflow_id) from None
+
+    def get_code_task(self, task_id: str) -> CodeTask:
+        task = self.get_task(task_id)
+        if not isinstance(task, CodeTask):
+            raise LatticeInputError(
+                f"task {task_id} is a {task.task_type.value} task, not a code task"
+            )
+        return task
+
+    def tasks(self) -> list[BaseTask]:
+        return list(self._tasks.values())
+
+    def code_tasks(self) -> list[CodeTask]:
+        return [t for t in self._tasks.values() if isinstance(t, CodeTask)]
+
+    def add_edge(self, source_task_id: str, target_task_id: str) -> None:
+        """Add a dependency; an edge that closes a cycle is rolled back and raises CycleError."""
+        self.get_task(source_task_id)
+        self.get_task(target_task_id)
+        if source_task_id == target_task_id:
+            raise CycleError([source_task_id, target_task_id])
+        if self._graph.has_edge(source_task_id, target_task_id):
+            return
+        self._graph.add_edge(source_task_id, target_task_id)
+        # A new edge s->t closes a cycle iff t already reaches s.
+        if nx.has_path(self._graph, target_task_id, source_task_id):
+            path = nx.shortest_path(self._graph, target_task_id, source_task_id)
+            self._graph.remove_edge(source_task_id, target_task_id)
+            raise CycleError([source_task_id, *path])
+
+    def del_edge(self, source_task_id: str, target_task_id: str) -> None:
+        if not self._graph.has_edge(source_task_id, target_task_id):
+            raise LatticeInputError(
+                f"no edge {source_task_id} -> {target_task_id} in workflow {self.workflow_id}"
+            )
+        for param in self._references_between(source_task_id, target_task_id):
+            raise LatticeInputError(
+                f"edge {source_task_id} -> {target_task_id} carries input {param.key!r} "
+                f"of task {target_task_id}; change that input first"
+            )
+        self._graph.remove_edge(source_task_id, target_task_id)
+
+    def del_task(self, task_id: str) -> None:
+        """Remove a task with its edges; refused while another task reads its outputs."""
+        self.get_task(task_id)
+        for succ in self._graph.successors(task_id):
+            for param in self._references_between(task_id, succ):
+                raise LatticeInputError(
+                    f"task {succ} reads {param.ref} through input {param.key!r}; "
+                    f"change or delete {succ} first"
+                )
+        self._graph.remove_node(task_id)
+        del self._tasks[task_id]
+
+    def _references_between(self, source: str, target: str) -> list[InputParam]:
+        task = self._tasks.get(target)
+        if not isinstance(task, CodeTask):
+            return []
+        return [p for p in task.references() if p.ref is not None and p.ref.task_id == source]
+
+    def save_task(
+        self,
+        task_id: str,
+        *,
+        add_edges: bool,
+        task_input: dict[str, Any] | None,
+        task_output: dict[str, Any] | None,
+        code_str: str | None,
+        serialized_code: str | None,
+        resources: dict[str, Any] | None,
+        batch_config: dict[str, Any] | None = None,
+        priority: int | None = None,
+        sandbox: SandboxSpec | None = None,
+        task_name: str | None = None,
+    ) -> None:
+        """Save a code task's configuration; with ``add_edges``, also wire its ``from_task``
+        inputs. Validates references and cycles first: on any error nothing changes."""
+        task = self.get_code_task(task_id)
+        trial = copy.copy(task)
+        trial.save(
+            task_input,
+            task_output,
+            code_str,
+            serialized_code,
+            resources,
+            batch_config,
+            priority=priority,
+            sandbox=sandbox,
+        )
+        sources: list[str] = []
+        for param in trial.references():
+            assert param.ref is not None
+            src_id = param.ref.task_id
+            src = self._tasks.get(src_id)
+            if src is None:
+                raise InvalidReferenceError(
+                    f"input {param.key!r} of task {task_id} refers to task {src_id}, "
+                    f"which is not in workflow {self.workflow_id}"
+                )
+            if src_id == task_id:
+                raise CycleError([task_id, task_id])
+            if isinstance(src, CodeTask) and src.saved and param.ref.output_key not in src.outputs:
+                raise InvalidReferenceError(
+                    f"input {param.key!r} of task {task_id} refers to output "
+                    f"{param.ref.output_key!r} of task {src_id}, which declares {list(src.outputs)}"
+                )
+            sources.append(src_id)
+        added: list[tuple[str, str]] = []
+        if add_edges:
+            try:
+                for src_id in dict.fromkeys(sources):
+                    if not self._graph.has_edge(src_id, task_id):
+                        self.add_edge(src_id, task_id)
+                        added.append((src_id, task_id))
+            except CycleError:
+                self._graph.remove_edges_from(added)
+                raise
+        else:
+            missing = [s for s in sources if not self._graph.has_edge(s, task_id)]
+            if missing:
+                raise InvalidReferenceError(
+                    f"task {task_id} reads outputs of {missing} without an edge from them; "
+                    "use save_task_and_add_edge or add the edges first"
+                )
+        self._tasks[task_id] = trial
+        if task_name:
+            trial.task_name = task_name
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def get_start_tasks(self) -> list[BaseTask]:
+        return [self._tasks[t] for t, deg in self._graph.in_degree() if deg == 0]
+
+    def get_ready_tasks_after_completion(self, completed_task_id: str) -> list[BaseTask]:
+        """Mark ``completed_task_id`` done; return successors whose predecessors are all done."""
+        self.get_task(completed_task_id).completed = True
+        ready = []
+        for succ in self._graph.successors(completed_task_id):
+            if all(self._tasks[p].completed for p in self._graph.predecessors(succ)):
+                ready.append(self._tasks[succ])
+        return ready
+
+    def descendants(self, task_id: str) -> set[str]:
+        return set(nx.descendants(self._graph, task_id))
+
+    def predecessors(self, task_id: str) -> list[str]:
+        return list(self._graph.predecessors(task_id))
+
+    def get_graph_edges(self) -> list[tuple[str, str]]:
+        return list(self._graph.edges())
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def copy_for_run(self) -> Workflow:
+        """A copy whose completion marks are its own. Tasks are copied shallowly: their saved
+        configuration is replaced, never mutated, by later saves."""
+        run = Workflow(self.workflow_id)
+        run._graph = self._graph.copy()
+        run._tasks = {tid: copy.copy(t) for tid, t in self._tasks.items()}
+        for t in run._tasks.values():
+            t.completed = False
+        return run

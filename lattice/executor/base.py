@@ -1,0 +1,152 @@
+"""The executor contract: what the scheduler hands over, and what comes back.
+
+An executor runs a :class:`TaskSubmission` on the node the ResourceManager chose and reports a
+:class:`TaskOutcome` through the handle's done-callback, from whatever thread it likes. The
+callback is the only way completions reach the scheduler: nothing waits in a loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from lattice.core.resource.node import SelectedNode
+from lattice.core.resource.requirements import TaskResourceRequirements
+from lattice.exceptions import TaskErrorInfo
+from lattice.executor.sandbox.policy import SandboxSpec
+
+
+class TaskKind(str, Enum):
+    #: ``func(params: dict) -> dict`` of declared outputs
+    CODE = "code"
+    #: ``func(list_of_params) -> list_of_output_dicts``
+    BATCH = "batch"
+    #: ``func(*args, **kwargs) -> Any`` (a LangGraph node)
+    LANGGRAPH = "langgraph"
+
+
+def code_digest(code: bytes) -> str:
+    """Stable id of a serialized function, for worker-side caching."""
+    return hashlib.blake2b(code, digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class TaskSubmission:
+    """Everything a worker needs to run one task (or one batch of tasks).
+
+    ``user_inputs`` are wire values (JSON, with pickled leaves) decoded where the task runs;
+    ``upstream_inputs`` are the raw outputs of earlier tasks (for Ray, possibly object refs).
+    For ``BATCH`` both are lists, one entry per task of the batch. For ``LANGGRAPH``,
+    ``args``/``kwargs`` are the client's cloudpickled bytes, unpickled only in the worker.
+    """
+
+    task_key: str
+    task_name: str
+    kind: TaskKind
+    code: bytes
+    requirements: TaskResourceRequirements
+    node: SelectedNode
+    outputs: tuple[str, ...] = ()
+    user_inputs: Any = None
+    upstream_inputs: Any = None
+    args: bytes = b""
+    kwargs: bytes = b""
+    sandbox: SandboxSpec | None = None
+    code_id: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.code_id:
+            object.__setattr__(self, "code_id", code_digest(self.code))
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """The result of a submission. Exactly one of ``value``/``error`` is meaningful."""
+
+    value: Any = None
+    error: TaskErrorInfo | None = None
+    #: seconds the task's own code ran, measured where it ran
+    duration: float = 0.0
+    #: the task did not fail by itself: the worker or node running it died; it may be
+    #: retried elsewhere (``error`` then says which node and why)
+    lost: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+DoneCallback = Callable[[TaskOutcome], None]
+
+
+class TaskHandle(ABC):
+    """A submitted task. ``add_done_callback`` fires exactly once, possibly at once."""
+
+    def __init__(self, task_key: str) -> None:
+        self.task_key = task_key
+
+    @abstractmethod
+    def add_done_callback(self, fn: DoneCallback) -> None: ...
+
+    @abstractmethod
+    def done(self) -> bool: ...
+
+    @abstractmethod
+    def result(self, timeout: float | None = None) -> TaskOutcome:
+        """Block until the outcome is known (used by tests and tools, not by the scheduler)."""
+
+
+class ExecutorBackend(ABC):
+    """Where tasks run. Implementations: LocalExecutor (threads), RayExecutor (cluster)."""
+
+    name: str = "base"
+
+    @abstractmethod
+    def initialize(self) -> None: ...
+
+    def cluster_nodes(self) -> list[dict[str, Any]]:
+        """The nodes this backend can run on, in ``ray.nodes()`` form; empty means local."""
+        return []
+
+    def alive_node_ids(self) -> set[str] | None:
+        """Ids of nodes still alive, or None when the backend cannot tell (single node)."""
+        return None
+
+    def on_nodes_changed(self, callback: Callable[[], None]) -> None:  # noqa: B027
+        """Register a callback fired (from any thread) when cluster membership may have changed.
+
+        Backends without membership (local) never call it.
+        """
+
+    @abstractmethod
+    def submit(self, submission: TaskSubmission) -> TaskHandle: ...
+
+    def get_result(self, handle: TaskHandle, timeout: float | None = None) -> TaskOutcome:
+        return handle.result(timeout)
+
+    def wait(
+        self, handles: Iterable[TaskHandle], timeout: float | None = None
+    ) -> tuple[list[TaskHandle], list[TaskHandle]]:
+        """Split ``handles`` into (done, pending) after at most ``timeout`` seconds."""
+        import threading
+
+        handles = list(handles)
+        if not handles:
+            return [], []
+        event = threading.Event()
+        for h in handles:
+            h.add_done_callback(lambda _outcome: event.set())
+        event.wait(timeout)
+        done = [h for h in handles if h.done()]
+        return done, [h for h in handles if not h.done()]
+
+    @abstractmethod
+    def cancel(self, handle: TaskHandle) -> bool:
+        """Try to stop a task; its callback still fires (with a cancellation error)."""
+
+    @abstractmethod
+    def shutdown(self) -> None: ...

@@ -1,0 +1,149 @@
+"""Runs one submission where it lands (a thread, a Ray worker, a sandbox child).
+
+Never raises for a task's own failure: the exception becomes a :class:`TaskErrorInfo` with the
+type, message and the traceback of the user's frames, so it travels as data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import cloudpickle
+
+from lattice.exceptions import TaskErrorInfo
+from lattice.executor.base import TaskKind, TaskOutcome, TaskSubmission
+from lattice.serialization import decode_value, dumps_b64, loads_b64
+
+_MAX_PICKLED_ERROR = 256 * 1024
+
+
+class OutputError(Exception):
+    """A task returned something that does not match its declared outputs."""
+
+
+@functools.lru_cache(maxsize=512)
+def load_function(code_id: str, code: bytes) -> Callable[..., Any]:
+    """Unpickle a task function once per process (keyed by its digest)."""
+    func = cloudpickle.loads(code)
+    if not callable(func):
+        raise TypeError(f"serialized code is a {type(func).__name__}, not a function")
+    return func
+
+
+def error_info(exc: BaseException, *, skip_frames: int = 1) -> TaskErrorInfo:
+    """Describe ``exc`` as data; drop the first ``skip_frames`` frames (the runner's own)."""
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    pickled: str | None = None
+    try:
+        candidate = dumps_b64(exc)
+        if len(candidate) <= _MAX_PICKLED_ERROR:
+            loads_b64(candidate)  # only ship what a client can load back
+            pickled = candidate
+    except Exception:  # noqa: BLE001 - an unpicklable exception still travels as text
+        pickled = None
+    return TaskErrorInfo(type=type(exc).__name__, message=str(exc), traceback=text, pickled=pickled)
+
+
+def check_outputs(result: Any, outputs: tuple[str, ...], task_name: str) -> Any:
+    """Match a task's return value to its declared outputs.
+
+    A dict must hold every declared key (extra keys are kept). With exactly one declared
+    output, a non-dict return value (or a dict without that key) is taken as that output.
+    """
+    if not outputs:
+        return result
+    if isinstance(result, dict) and all(k in result for k in outputs):
+        return result
+    if len(outputs) == 1 and not (isinstance(result, dict) and len(result) > 0):
+        return {outputs[0]: result}
+    if isinstance(result, dict):
+        missing = [k for k in outputs if k not in result]
+        raise OutputError(
+            f"task {task_name} returned keys {sorted(map(str, result))} but is missing declared "
+            f"output(s) {missing}"
+        )
+    raise OutputError(
+        f"task {task_name} returned {type(result).__name__}; expected a dict with keys {list(outputs)}"
+    )
+
+
+@contextmanager
+def _gpu_env(gpu_ids: tuple[int, ...], enabled: bool) -> Iterator[None]:
+    if not enabled or not gpu_ids:
+        yield
+        return
+    old = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = old
+
+
+def _call(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    result = func(*args, **kwargs)
+    if inspect.isawaitable(result):
+        return asyncio.run(_await(result))
+    return result
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def merge_inputs(user: dict[str, Any] | None, upstream: dict[str, Any] | None) -> dict[str, Any]:
+    params = decode_value(user) if user else {}
+    if upstream:
+        params.update(upstream)
+    return params
+
+
+def _run(sub: TaskSubmission) -> Any:
+    func = load_function(sub.code_id, sub.code)
+    if sub.kind is TaskKind.CODE:
+        params = merge_inputs(sub.user_inputs, sub.upstream_inputs)
+        return check_outputs(_call(func, params), sub.outputs, sub.task_name)
+    if sub.kind is TaskKind.BATCH:
+        batch = [
+            merge_inputs(u, p) for u, p in zip(sub.user_inputs, sub.upstream_inputs, strict=True)
+        ]
+        results = _call(func, batch)
+        if not isinstance(results, list | tuple) or len(results) != len(batch):
+            got = len(results) if isinstance(results, list | tuple) else type(results).__name__
+            raise OutputError(
+                f"batch task {sub.task_name} got {len(batch)} inputs and must return a list of "
+                f"{len(batch)} results, returned {got}"
+            )
+        return [check_outputs(r, sub.outputs, sub.task_name) for r in results]
+    args = cloudpickle.loads(sub.args) if sub.args else ()
+    kwargs = cloudpickle.loads(sub.kwargs) if sub.kwargs else {}
+    return _call(func, *args, **kwargs)
+
+
+def execute(sub: TaskSubmission, *, set_gpu_env: bool = True) -> TaskOutcome:
+    """Run ``sub`` here and now. ``set_gpu_env`` exports CUDA_VISIBLE_DEVICES (process-wide,
+    so only where one task owns the process: a Ray worker or a sandbox child)."""
+    start = time.perf_counter()
+    try:
+        with _gpu_env(sub.node.gpu_ids, set_gpu_env):
+            value = _run(sub)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a task's failure is data
+        return TaskOutcome(
+            error=error_info(exc, skip_frames=3), duration=time.perf_counter() - start
+        )
+    return TaskOutcome(value=value, duration=time.perf_counter() - start)
