@@ -1,0 +1,121 @@
+"""Request and response bodies of spec/002 §4, validated at the edge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StatusResponse(BaseModel):
+    status: str = "success"
+
+
+class CreateWorkflowResponse(StatusResponse):
+    workflow_id: str
+
+
+class AddTaskRequest(_Body):
+    workflow_id: str
+    task_type: str
+    task_name: str
+
+
+class AddTaskResponse(StatusResponse):
+    task_id: str
+
+
+class SandboxRequest(_Body):
+    level: str
+    cpu_time_limit: float | None = Field(None, gt=0)
+    memory_limit_mb: int | None = Field(None, gt=0)
+
+
+class SaveTaskRequest(_Body):
+    workflow_id: str
+    task_id: str
+    task_name: str | None = None
+    task_input: dict[str, Any] = Field(default_factory=dict)
+    task_output: dict[str, Any] = Field(default_factory=dict)
+    code_str: str | None = None
+    #: spec/002 calls it code_ser; the documented client sends serialized_code
+    code_ser: str | None = Field(None, validation_alias=AliasChoices("code_ser", "serialized_code"))
+    resources: dict[str, Any] | None = None
+    batch_config: dict[str, Any] | None = None
+    #: not in spec/002: 0 (critical) .. 4 (idle), default 2
+    priority: int | None = None
+    #: not in spec/002: a stricter sandbox for this task than the server default
+    sandbox: SandboxRequest | None = None
+
+
+class SaveTaskResponse(StatusResponse):
+    pass
+
+
+class AddEdgeRequest(_Body):
+    workflow_id: str
+    source_task_id: str
+    target_task_id: str
+
+
+class DelTaskRequest(_Body):
+    workflow_id: str
+    task_id: str
+
+
+class RunWorkflowRequest(_Body):
+    workflow_id: str
+
+
+class RunWorkflowResponse(StatusResponse):
+    run_id: str
+
+
+class GetTasksResponse(StatusResponse):
+    tasks: list[dict[str, str]]
+
+
+class AddLangGraphTaskRequest(_Body):
+    workflow_id: str
+    task_type: str = "langgraph"
+    task_name: str
+    code_ser: str = Field(validation_alias=AliasChoices("code_ser", "serialized_code"))
+    resources: dict[str, Any] | None = None
+
+
+class RunLangGraphTaskRequest(_Body):
+    workflow_id: str
+    task_id: str
+    args: str = ""
+    kwargs: str = ""
+
+
+class RunLangGraphTaskResponse(StatusResponse):
+    result: Any
+
+
+class ConnectWorkerRequest(_Body):
+    node_ip: str
+    node_id: str
+    resources: dict[str, Any]
+
+
+class DisconnectWorkerRequest(_Body):
+    node_id: str
+
+
+class GetRayPortResponse(StatusResponse):
+    port: int
+
+
+class RunStatusResponse(StatusResponse):
+    run: dict[str, Any]
+
+
+class HealthResponse(StatusResponse):
+    executor: str
+    nodes: int

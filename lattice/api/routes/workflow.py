@@ -1,0 +1,128 @@
+"""Workflow routes (spec/002 §3.1, §5.1-5.5)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from lattice.api.deps import Orch, ws_orchestrator
+from lattice.api.models.schemas import (
+    AddEdgeRequest,
+    AddTaskRequest,
+    AddTaskResponse,
+    CreateWorkflowResponse,
+    DelTaskRequest,
+    GetTasksResponse,
+    RunWorkflowRequest,
+    RunWorkflowResponse,
+    SaveTaskRequest,
+    StatusResponse,
+)
+from lattice.core.orchestrator.orchestrator import Orchestrator
+from lattice.exceptions import NotFoundError
+from lattice.executor.sandbox.policy import SandboxLevel, SandboxSpec
+
+router = APIRouter(tags=["workflow"])
+
+
+@router.post("/create_workflow", response_model=CreateWorkflowResponse)
+async def create_workflow(orch: Orch) -> CreateWorkflowResponse:
+    return CreateWorkflowResponse(workflow_id=orch.create_workflow().workflow_id)
+
+
+@router.post("/add_task", response_model=AddTaskResponse)
+async def add_task(body: AddTaskRequest, orch: Orch) -> AddTaskResponse:
+    return AddTaskResponse(task_id=orch.add_task(body.workflow_id, body.task_type, body.task_name))
+
+
+def _save(orch: Orchestrator, body: SaveTaskRequest, *, add_edges: bool) -> StatusResponse:
+    sandbox = None
+    if body.sandbox is not None:
+        sandbox = SandboxSpec(
+            level=SandboxLevel.parse(body.sandbox.level),
+            cpu_time_limit=body.sandbox.cpu_time_limit,
+            memory_limit_mb=body.sandbox.memory_limit_mb,
+        )
+    orch.get_workflow(body.workflow_id).save_task(
+        body.task_id,
+        add_edges=add_edges,
+        task_input=body.task_input,
+        task_output=body.task_output,
+        code_str=body.code_str,
+        serialized_code=body.code_ser,
+        resources=body.resources,
+        batch_config=body.batch_config,
+        priority=body.priority,
+        sandbox=sandbox,
+        task_name=body.task_name,
+    )
+    return StatusResponse()
+
+
+@router.post("/save_task", response_model=StatusResponse)
+async def save_task(body: SaveTaskRequest, orch: Orch) -> StatusResponse:
+    """Save a task's configuration; its ``from_task`` inputs must already have edges."""
+    return _save(orch, body, add_edges=False)
+
+
+@router.post("/save_task_and_add_edge", response_model=StatusResponse)
+async def save_task_and_add_edge(body: SaveTaskRequest, orch: Orch) -> StatusResponse:
+    """Save a task's configuration and add the edges its ``from_task`` inputs imply."""
+    return _save(orch, body, add_edges=True)
+
+
+@router.post("/add_edge", response_model=StatusResponse)
+async def add_edge(body: AddEdgeRequest, orch: Orch) -> StatusResponse:
+    orch.get_workflow(body.workflow_id).add_edge(body.source_task_id, body.target_task_id)
+    return StatusResponse()
+
+
+@router.post("/del_edge", response_model=StatusResponse)
+async def del_edge(body: AddEdgeRequest, orch: Orch) -> StatusResponse:
+    orch.get_workflow(body.workflow_id).del_edge(body.source_task_id, body.target_task_id)
+    return StatusResponse()
+
+
+@router.post("/del_task", response_model=StatusResponse)
+async def del_task(body: DelTaskRequest, orch: Orch) -> StatusResponse:
+    orch.get_workflow(body.workflow_id).del_task(body.task_id)
+    return StatusResponse()
+
+
+@router.get("/get_workflow_tasks/{workflow_id}", response_model=GetTasksResponse)
+async def get_workflow_tasks(workflow_id: str, orch: Orch) -> GetTasksResponse:
+    workflow = orch.get_workflow(workflow_id)
+    tasks = [
+        {"task_id": t.task_id, "task_name": t.task_name, "task_type": t.task_type.value}
+        for t in workflow.tasks()
+    ]
+    return GetTasksResponse(tasks=tasks)
+
+
+@router.post("/run_workflow", response_model=RunWorkflowResponse)
+async def run_workflow(body: RunWorkflowRequest, orch: Orch) -> RunWorkflowResponse:
+    return RunWorkflowResponse(run_id=orch.run_workflow(body.workflow_id))
+
+
+@router.websocket("/get_workflow_res/{workflow_id}/{run_id}")
+async def get_workflow_res(
+    websocket: WebSocket, workflow_id: str, run_id: str, from_seq: int = 0
+) -> None:
+    """Stream the run's event log from ``from_seq`` (default: the start) until the run ends.
+
+    Each message is ``{"type", "data", "seq"}``; the last is ``finish_workflow``. An unknown
+    workflow or run is closed at once with code 4404 and the reason.
+    """
+    orch = ws_orchestrator(websocket)
+    await websocket.accept()
+    try:
+        orch.get_workflow(workflow_id)
+        run_log = orch.get_run_log(run_id, workflow_id)
+    except NotFoundError as exc:
+        await websocket.close(code=4404, reason=str(exc)[:120])
+        return
+    try:
+        async for event in run_log.follow(from_seq):
+            await websocket.send_json(event.to_message())
+    except WebSocketDisconnect:
+        return
+    await websocket.close()

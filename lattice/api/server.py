@@ -1,0 +1,127 @@
+"""The app factory (spec/002 §2): built from a settings value; the lifespan owns the
+orchestrator, the scheduler thread, the executor and the metrics pipeline, and hands them to
+handlers as request state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any
+
+import psutil
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from lattice import __version__
+from lattice.api.errors import install_error_handlers
+from lattice.api.guard import BodyLimit, TokenGuard
+from lattice.api.routes import langgraph, runs, worker, workflow
+from lattice.config.settings import ServerSettings
+from lattice.core.observer import EngineObserver
+from lattice.core.orchestrator.events import InMemoryEventStore
+from lattice.core.orchestrator.orchestrator import Orchestrator
+from lattice.core.resource.node import NodeResources
+from lattice.executor.factory import create_executor
+from lattice.executor.sandbox.policy import SandboxLevel
+from lattice.executor.sandbox.runner import SandboxRunner
+from lattice.observability import Metrics, MetricsConfig, MetricsMiddleware
+
+log = logging.getLogger(__name__)
+
+
+def build_orchestrator(settings: ServerSettings, observer: EngineObserver) -> Orchestrator:
+    """Wire executor, sandbox and store for ``settings`` (not started)."""
+    sandbox = None
+    if settings.sandbox.level is not SandboxLevel.NONE:
+        sandbox = SandboxRunner(settings.sandbox)
+    executor = create_executor(
+        settings.executor,
+        ray_address=settings.ray_address,
+        ray_port=settings.ray_port,
+        num_cpus=settings.num_cpus,
+        sandbox=sandbox,
+    )
+    local = None
+    if settings.executor == "local" and settings.num_cpus is not None:
+        local = NodeResources(
+            cpu_count=settings.num_cpus, memory_bytes=psutil.virtual_memory().total
+        )
+    return Orchestrator(
+        executor,
+        observer=observer,
+        store=InMemoryEventStore(settings.max_finished_runs),
+        local_resources=local,
+        max_attempts=settings.max_attempts,
+        ray_head_port=settings.ray_port,
+    )
+
+
+def create_app(
+    settings: ServerSettings | None = None,
+    *,
+    ray_head_port: int | None = None,
+    metrics_enabled: bool | None = None,
+    metrics_exporter: str | None = None,
+    metrics_endpoint: str | None = None,
+) -> FastAPI:
+    """Build the Lattice API app.
+
+    ``settings`` carries everything; the keyword arguments of spec/002 §2.2 override it.
+    Raises LatticeUsageError for unsafe or impossible settings (e.g. a public address without
+    a token) and ValueError for a bad metrics exporter, before anything starts.
+    """
+    settings = settings or ServerSettings()
+    overrides: dict[str, Any] = {
+        "ray_port": ray_head_port,
+        "metrics_enabled": metrics_enabled,
+        "metrics_exporter": metrics_exporter,
+        "metrics_endpoint": metrics_endpoint,
+    }
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    settings.check()
+    metrics_config = MetricsConfig(
+        enabled=settings.metrics_enabled,
+        exporter=settings.metrics_exporter,
+        endpoint=settings.metrics_endpoint,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        metrics = Metrics(metrics_config)
+        orchestrator = build_orchestrator(settings, metrics.observer())
+        try:
+            # Starting Ray takes seconds; keep the loop free meanwhile.
+            await asyncio.to_thread(orchestrator.initialize)
+            await orchestrator.start_monitor()
+            yield {"orchestrator": orchestrator, "settings": settings, "metrics": metrics}
+        finally:
+            # Aborting open runs closes their logs, which ends every open WebSocket stream.
+            orchestrator.cleanup()
+            metrics.shutdown()
+
+    app = FastAPI(
+        title="Lattice API",
+        description="Task-level distributed runtime for LLM-agent workflows",
+        version=__version__,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (workflow, langgraph, worker, runs):
+        app.include_router(module.router)
+    # Outermost first: the token check runs before anything reads the body.
+    app.add_middleware(MetricsMiddleware)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_credentials=True,
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.token:
+        app.add_middleware(TokenGuard, token=settings.token)
+    return app

@@ -1,0 +1,184 @@
+"""``lattice`` command line: start a head or a worker, inspect a cluster.
+
+The CLI turns flags and environment into settings values; nothing else reads either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from lattice.config.settings import DEFAULT_PORT, DEFAULT_RAY_PORT, ServerSettings
+from lattice.exceptions import LatticeError
+from lattice.executor.sandbox.policy import SandboxLevel, SandboxSpec
+
+log = logging.getLogger("lattice")
+
+
+def _head_settings(args: argparse.Namespace) -> ServerSettings:
+    sandbox = SandboxSpec(
+        level=SandboxLevel.parse(args.sandbox),
+        cpu_time_limit=args.task_cpu_time_limit,
+        memory_limit_mb=args.task_memory_limit,
+        docker_image=args.docker_image,
+    )
+    return ServerSettings(
+        host=args.host,
+        port=args.port,
+        executor=args.executor,
+        ray_port=args.ray_port if args.executor == "ray" and not args.ray_address else None,
+        ray_address=args.ray_address,
+        num_cpus=args.num_cpus,
+        token=args.token or os.environ.get("LATTICE_TOKEN") or None,
+        cors_origins=tuple(args.cors_origin or ()),
+        max_finished_runs=args.max_finished_runs,
+        max_attempts=args.max_attempts,
+        sandbox=sandbox,
+        metrics_enabled=not args.no_metrics,
+        metrics_exporter=args.metrics_exporter,
+        metrics_endpoint=args.metrics_endpoint,
+    )
+
+
+def run_head(settings: ServerSettings) -> int:
+    """Serve the API in the foreground until SIGINT/SIGTERM; then shut down cleanly."""
+    import uvicorn
+
+    from lattice.api.server import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        # Open WebSockets get this long to finish before the lifespan ends their runs.
+        timeout_graceful_shutdown=3,
+        ws_max_size=settings.max_body_bytes,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _add_head_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("head")
+    g.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; any other needs --token)",
+    )
+    g.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"API port (default {DEFAULT_PORT})"
+    )
+    g.add_argument(
+        "--executor", choices=["ray", "local"], default="ray", help="where tasks run (default ray)"
+    )
+    g.add_argument(
+        "--ray-port",
+        type=int,
+        default=DEFAULT_RAY_PORT,
+        help=f"Ray head port workers join (default {DEFAULT_RAY_PORT})",
+    )
+    g.add_argument(
+        "--ray-address", help="join this existing Ray cluster instead of starting a Ray head"
+    )
+    g.add_argument("--num-cpus", type=float, help="CPUs this node offers (default: all cores)")
+    g.add_argument(
+        "--token", help="shared secret every client and worker must present (or LATTICE_TOKEN)"
+    )
+    g.add_argument(
+        "--cors-origin", action="append", help="allowed browser origin (repeatable; default none)"
+    )
+    g.add_argument(
+        "--max-finished-runs",
+        type=int,
+        default=1000,
+        help="finished runs kept for reading (default 1000)",
+    )
+    g.add_argument(
+        "--max-attempts",
+        type=int,
+        default=3,
+        help="dispatches of a task whose node died (default 3)",
+    )
+    s = p.add_argument_group("sandbox")
+    s.add_argument(
+        "--sandbox",
+        default="none",
+        choices=[lvl.value for lvl in SandboxLevel],
+        help="default isolation level",
+    )
+    s.add_argument("--task-cpu-time-limit", type=float, help="CPU seconds per sandboxed task")
+    s.add_argument("--task-memory-limit", type=int, help="MB of memory per sandboxed task")
+    s.add_argument("--docker-image", help="image for --sandbox docker")
+    m = p.add_argument_group("metrics")
+    m.add_argument(
+        "--metrics-exporter",
+        default="prometheus",
+        choices=["prometheus", "otlp", "otlp_http", "console"],
+        help="prometheus serves GET /metrics; otlp/otlp_http push to --metrics-endpoint",
+    )
+    m.add_argument("--metrics-endpoint", help="OTLP collector URL")
+    m.add_argument("--no-metrics", action="store_true", help="collect no metrics")
+
+
+def _add_worker_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("worker")
+    g.add_argument("--addr", help="the head's API address HOST:PORT")
+    g.add_argument("--num-gpus", type=int, help="GPUs to declare (overrides detection)")
+    g.add_argument("--gpu-mem", type=int, help="MB of memory per declared GPU")
+    g.add_argument("--memory", type=int, help="MB of memory to declare (overrides detection)")
+    g.add_argument("--node-ip", help="this node's address as the head should see it")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lattice", description="Lattice: a task-level distributed runtime."
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    start = sub.add_parser(
+        "start",
+        help="start a head (API server + scheduler) or a worker node",
+        description="Start a Lattice head (--head) or a worker that joins one (--worker). Runs in the foreground; "
+        "Ctrl-C or SIGTERM stops it cleanly.",
+    )
+    role = start.add_mutually_exclusive_group(required=True)
+    role.add_argument("--head", action="store_true", help="start the head node")
+    role.add_argument("--worker", action="store_true", help="start a worker node that joins --addr")
+    _add_head_args(start)
+    _add_worker_args(start)
+    status = sub.add_parser(
+        "status", help="show the nodes of a running head", description="Print every node of a head."
+    )
+    status.add_argument("--addr", required=True, help="the head's API address HOST:PORT")
+    status.add_argument("--token", help="the head's token (or LATTICE_TOKEN)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "status":
+            from lattice.cli.status import print_status
+
+            return print_status(args.addr, args.token or os.environ.get("LATTICE_TOKEN"))
+        if args.head:
+            return run_head(_head_settings(args))
+        from lattice.cli.worker import run_worker
+
+        return run_worker(args)
+    except LatticeError as exc:
+        print(f"lattice: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

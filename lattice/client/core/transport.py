@@ -1,0 +1,121 @@
+"""HTTP and WebSocket calls to a Lattice server; every foreign error is translated here, once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.sync.client import connect
+
+from lattice.exceptions import (
+    LatticeConnectionError,
+    LatticeInputError,
+    LatticeServerError,
+    LatticeTimeoutError,
+    LatticeUsageError,
+    NotFoundError,
+)
+
+TOKEN_HEADER = "X-Lattice-Token"
+
+
+class Transport:
+    """One server: ``post``/``get`` JSON, ``stream`` a WebSocket. Thread-safe (httpx.Client)."""
+
+    def __init__(self, server_url: str, *, timeout: float = 30.0, token: str | None = None) -> None:
+        parts = urlsplit(server_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise LatticeInputError(
+                f"server_url must look like http://host:port, got {server_url!r}"
+            )
+        self.server_url = server_url.rstrip("/")
+        self.timeout = timeout
+        self._headers = {TOKEN_HEADER: token} if token else {}
+        self._http = httpx.Client(base_url=self.server_url, timeout=timeout, headers=self._headers)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def post(
+        self, path: str, body: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        return self._request("POST", path, body, timeout)
+
+    def get(self, path: str, timeout: float | None = None) -> dict[str, Any]:
+        return self._request("GET", path, None, timeout)
+
+    def delete(self, path: str) -> dict[str, Any]:
+        return self._request("DELETE", path, None, None)
+
+    def _request(
+        self, method: str, path: str, body: dict[str, Any] | None, timeout: float | None
+    ) -> dict[str, Any]:
+        url = f"{self.server_url}{path}"
+        try:
+            response = self._http.request(
+                method, path, json=body, timeout=timeout if timeout is not None else self.timeout
+            )
+        except httpx.TimeoutException as exc:
+            raise LatticeTimeoutError(f"{method} {url} timed out: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise LatticeConnectionError(f"cannot reach Lattice server at {url}: {exc}") from exc
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {"detail": response.text}
+        if response.status_code >= 400:
+            raise _error_for(method, url, response.status_code, payload)
+        if not isinstance(payload, dict):
+            raise LatticeConnectionError(f"{method} {url} answered non-object JSON")
+        return payload
+
+    def stream(self, path: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Yield the JSON messages of a WebSocket until the server closes it.
+
+        ``timeout`` bounds the wait for each message. A close with code 4404 raises
+        NotFoundError with the server's reason.
+        """
+        parts = urlsplit(self.server_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        url = urlunsplit((scheme, parts.netloc, parts.path + path, "", ""))
+        try:
+            ws = connect(
+                url, additional_headers=self._headers, open_timeout=self.timeout, max_size=None
+            )
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            raise LatticeConnectionError(f"cannot open WebSocket {url}: {exc}") from exc
+        with ws:
+            while True:
+                try:
+                    raw = ws.recv(timeout=timeout)
+                except TimeoutError as exc:
+                    raise LatticeTimeoutError(f"no message from {url} within {timeout}s") from exc
+                except ConnectionClosed as exc:
+                    code = exc.rcvd.code if exc.rcvd else None
+                    reason = exc.rcvd.reason if exc.rcvd else ""
+                    if code == 4404:
+                        raise NotFoundError(reason or f"{url}: not found") from None
+                    if code == 4401:
+                        raise LatticeUsageError(f"{url}: {reason}") from None
+                    if code in (1000, 1001, None):
+                        return
+                    raise LatticeConnectionError(
+                        f"WebSocket {url} closed: {code} {reason}"
+                    ) from exc
+                yield json.loads(raw)
+
+
+def _error_for(method: str, url: str, status: int, payload: Any) -> Exception:
+    detail = payload.get("detail") if isinstance(payload, dict) else payload
+    text = detail if isinstance(detail, str) else json.dumps(detail)
+    if status == 404:
+        return NotFoundError(text)
+    if status in (400, 413, 422):
+        return LatticeInputError(f"{method} {url} rejected ({status}): {text}")
+    if status == 401:
+        return LatticeUsageError(f"{method} {url}: {text} (pass token= to the client)")
+    return LatticeServerError(f"{method} {url} failed ({status}): {text}", status, detail)

@@ -1,0 +1,219 @@
+"""LatticeWorkflow: build a DAG from task functions, run it, read its results."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from lattice.client.core.code import serialize_function
+from lattice.client.core.decorator import TaskFunction
+from lattice.client.core.models import LatticeTask, RunOutputs, TaskOutput
+from lattice.client.core.transport import Transport
+from lattice.exceptions import (
+    LatticeError,
+    LatticeInputError,
+    RunCancelledError,
+    TaskErrorInfo,
+    TaskFailedError,
+)
+from lattice.serialization import decode_value, encode_value
+
+
+def _input_params(inputs: dict[str, Any]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for i, (key, value) in enumerate(inputs.items(), start=1):
+        if isinstance(value, TaskOutput):
+            params[str(i)] = {
+                "key": key,
+                "input_schema": "from_task",
+                "data_type": "any",
+                "value": value.ref,
+            }
+        elif isinstance(value, LatticeTask):
+            raise LatticeInputError(
+                f"input {key!r} is a task; pass one of its outputs, e.g. task.outputs[{next(iter(value.output_keys), 'key')!r}]"
+            )
+        else:
+            params[str(i)] = {
+                "key": key,
+                "input_schema": "from_user",
+                "data_type": type(value).__name__,
+                "value": encode_value(value),
+            }
+    return {"input_params": params}
+
+
+def decode_message(message: dict[str, Any]) -> dict[str, Any]:
+    """Turn wire results in a run message back into Python values."""
+    data = message.get("data") or {}
+    if message.get("type") == "finish_task" and "result" in data:
+        data = {**data, "result": decode_value(data["result"])}
+        return {**message, "data": data}
+    return message
+
+
+def raise_for_error(task_name: str, error: dict[str, Any]) -> None:
+    raise TaskFailedError(task_name, TaskErrorInfo.from_dict(error))
+
+
+class LatticeWorkflow:
+    def __init__(self, transport: Transport, workflow_id: str) -> None:
+        self._transport = transport
+        self.workflow_id = workflow_id
+        self._tasks: dict[str, LatticeTask] = {}
+
+    def __repr__(self) -> str:
+        return f"<LatticeWorkflow {self.workflow_id} tasks={len(self._tasks)}>"
+
+    # --- building ---------------------------------------------------------------------------
+
+    def add_task(
+        self,
+        task_func: TaskFunction | Callable[..., Any],
+        inputs: dict[str, Any] | None = None,
+        task_name: str | None = None,
+    ) -> LatticeTask:
+        """Add ``task_func`` with ``inputs`` (plain values, or other tasks' ``.outputs[key]``).
+
+        Every input the task declares must be given, and nothing else. Raises
+        LatticeInputError naming the problem; on any error the workflow is unchanged.
+        """
+        inputs = dict(inputs or {})
+        if isinstance(task_func, TaskFunction):
+            meta = task_func.metadata
+            func: Callable[..., Any] = task_func.func
+            declared, outputs = meta.inputs, meta.outputs
+            missing = [k for k in declared if k not in inputs]
+            unknown = [k for k in inputs if k not in declared]
+            if missing or unknown:
+                raise LatticeInputError(
+                    f"task {meta.func_name} declares inputs {list(declared)}; "
+                    + (f"missing {missing}" if missing else "")
+                    + ("; " if missing and unknown else "")
+                    + (f"unknown {unknown}" if unknown else "")
+                )
+        else:
+            meta = None
+            func, outputs = task_func, ()
+        for value in inputs.values():
+            if isinstance(value, TaskOutput) and value.task_id not in self._tasks:
+                raise LatticeInputError(
+                    f"input refers to task {value.task_id}, which is not in this workflow"
+                )
+        name = str(task_name or getattr(func, "__name__", "task"))
+        code_str, code_ser = serialize_function(func)
+        body: dict[str, Any] = {
+            "workflow_id": self.workflow_id,
+            "task_name": name,
+            "code_str": code_str,
+            "code_ser": code_ser,
+            "task_input": _input_params(inputs),
+            "task_output": {
+                "output_params": {
+                    str(i): {"key": k, "data_type": "any"} for i, k in enumerate(outputs, 1)
+                }
+            },
+            "resources": meta.resources if meta else None,
+            "batch_config": meta.batch_config if meta else None,
+            "priority": meta.priority if meta else None,
+            "sandbox": meta.sandbox if meta else None,
+        }
+        task_id = self._transport.post(
+            "/add_task", {"workflow_id": self.workflow_id, "task_type": "code", "task_name": name}
+        )["task_id"]
+        try:
+            self._transport.post("/save_task_and_add_edge", {**body, "task_id": task_id})
+        except LatticeError:
+            self._transport.post("/del_task", {"workflow_id": self.workflow_id, "task_id": task_id})
+            raise
+        task = LatticeTask(task_id, name, self.workflow_id, tuple(outputs))
+        self._tasks[task_id] = task
+        return task
+
+    def add_edge(self, source_task: LatticeTask, target_task: LatticeTask) -> None:
+        """Make ``target_task`` wait for ``source_task`` (an order without data)."""
+        self._transport.post(
+            "/add_edge",
+            {
+                "workflow_id": self.workflow_id,
+                "source_task_id": source_task.task_id,
+                "target_task_id": target_task.task_id,
+            },
+        )
+
+    @property
+    def tasks(self) -> list[LatticeTask]:
+        return list(self._tasks.values())
+
+    # --- running ----------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Start a run; return its run id at once."""
+        return str(
+            self._transport.post("/run_workflow", {"workflow_id": self.workflow_id})["run_id"]
+        )
+
+    def cancel(self, run_id: str) -> None:
+        self._transport.post(f"/runs/{run_id}/cancel")
+
+    def stream(
+        self, run_id: str, timeout: float | None = None, from_seq: int = 0
+    ) -> Iterator[dict[str, Any]]:
+        """Yield the run's messages (spec/002 §5.5) as they happen, results decoded."""
+        path = f"/get_workflow_res/{self.workflow_id}/{run_id}?from_seq={from_seq}"
+        for message in self._transport.stream(path, timeout=timeout):
+            yield decode_message(message)
+
+    def get_results(
+        self, run_id: str, verbose: bool = True, timeout: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Every message of the run until ``finish_workflow``; ``timeout`` bounds each wait."""
+        messages = []
+        names = {t.task_id: t.task_name for t in self._tasks.values()}
+        for message in self.stream(run_id, timeout=timeout):
+            messages.append(message)
+            if verbose:
+                print(_describe(message, names))
+        return messages
+
+    def get_outputs(self, run_id: str, timeout: float | None = None) -> RunOutputs:
+        """Each task's outputs once the run ends. Raises TaskFailedError (with the remote
+        traceback) for the first task that failed, RunCancelledError if it was cancelled."""
+        outputs = RunOutputs()
+        failure: tuple[str, dict[str, Any]] | None = None
+        final: dict[str, Any] = {}
+        for message in self.stream(run_id, timeout=timeout):
+            data = message["data"]
+            if message["type"] == "finish_task":
+                outputs[data["task_id"]] = data["result"]
+            elif message["type"] == "task_exception" and failure is None:
+                failure = (data.get("task_name") or data["task_id"], data["error"])
+            elif message["type"] == "finish_workflow":
+                final = data
+        if failure is not None:
+            raise_for_error(*failure)
+        if final.get("status") == "cancelled":
+            raise RunCancelledError(
+                f"run {run_id} was cancelled: {final.get('reason', 'by request')}"
+            )
+        return outputs
+
+
+def _describe(message: dict[str, Any], names: dict[str, str]) -> str:
+    data = message.get("data", {})
+    kind = message.get("type")
+    name = data.get("task_name") or names.get(data.get("task_id", ""), data.get("task_id"))
+    if kind == "start_task":
+        return f"[start]   {name} on {data.get('node_id')} ({data.get('node_ip')})"
+    if kind == "finish_task":
+        return f"[finish]  {name}: {data.get('result')!r}"
+    if kind == "task_exception":
+        err = data.get("error", {})
+        return f"[failed]  {name}: {err.get('type')}: {err.get('message')}"
+    if kind == "task_skipped":
+        return f"[skipped] {name}: {data.get('reason')}"
+    if kind == "task_cancelled":
+        return f"[cancel]  {name}"
+    if kind == "finish_workflow":
+        return f"[run]     {data.get('status')} {data.get('tasks')}"
+    return f"[{kind}] {data}"

@@ -1,0 +1,60 @@
+"""Server settings: one value object, built by the CLI from flags and the environment."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from lattice.exceptions import LatticeUsageError
+from lattice.executor.sandbox.policy import SandboxSpec
+
+DEFAULT_PORT = 8000
+DEFAULT_RAY_PORT = 6379
+#: request bodies larger than this are refused with 413 (code and inputs travel inline)
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    #: "ray" or "local"
+    executor: str = "ray"
+    #: start a Ray head on this GCS port (for workers to join); None: a private local Ray
+    ray_port: int | None = None
+    #: join an existing Ray cluster instead of starting one
+    ray_address: str | None = None
+    num_cpus: float | None = None
+    #: shared secret for every request; required when binding a non-loopback address
+    token: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: finished runs kept for reading results; the oldest beyond this are retired
+    max_finished_runs: int = 1000
+    #: dispatches of a task whose node died, before its run fails
+    max_attempts: int = 3
+    sandbox: SandboxSpec = field(default_factory=SandboxSpec)
+    metrics_enabled: bool = True
+    metrics_exporter: str = "prometheus"
+    metrics_endpoint: str | None = None
+
+    def check(self) -> None:
+        """Refuse settings that would be unsafe or cannot work, saying why."""
+        if self.executor not in ("ray", "local"):
+            raise LatticeUsageError(f"executor must be 'ray' or 'local', got {self.executor!r}")
+        if not is_loopback(self.host) and not self.token:
+            raise LatticeUsageError(
+                f"refusing to listen on {self.host} without a token: anyone who reaches the port "
+                "could run code here. Pass --token or set LATTICE_TOKEN."
+            )
+        if self.max_attempts < 1:
+            raise LatticeUsageError("max_attempts must be >= 1")
