@@ -93,13 +93,15 @@ class ResourceManager:
                 self._head_node_id = str(info["NodeID"])
 
     def add_node(self, node_id: str, node_ip: str, resources: NodeResources) -> None:
-        """Add a node, or refresh one that re-registers (its allocations are kept)."""
+        """Add a node, or update one that registers again (e.g. a worker declaring the GPUs
+        Ray discovery could not measure): what its running tasks hold stays allocated."""
         existing = self._nodes.get(node_id)
-        if existing is not None and existing.status is not NodeStatus.DEAD:
-            existing.node_ip = node_ip
-            existing.status = NodeStatus.ALIVE
+        if existing is None or existing.status is NodeStatus.DEAD:
+            self._nodes[node_id] = Node.create(node_id, node_ip, resources)
             return
-        self._nodes[node_id] = Node.create(node_id, node_ip, resources)
+        existing.node_ip = node_ip
+        existing.status = NodeStatus.ALIVE
+        existing.retotal(resources)
 
     def remove_node(self, node_id: str) -> None:
         """Forget a node outright."""

@@ -26,10 +26,12 @@ class GpuResource:
     gpu_memory_total: int  # MB
     gpu_memory_available: int  # MB
     gpu_count: int = 1
+    #: tasks holding this GPU: a GPU of unknown memory (0 MB) looks free by memory alone
+    tasks: int = 0
 
     @property
     def idle(self) -> bool:
-        return self.gpu_memory_available >= self.gpu_memory_total
+        return self.tasks == 0 and self.gpu_memory_available >= self.gpu_memory_total
 
 
 @dataclass
@@ -158,6 +160,7 @@ class Node:
         for gid in gpu_ids:
             gpu = avail.gpu_resources[gid]
             gpu.gpu_memory_available -= req.gpu_memory or gpu.gpu_memory_total
+            gpu.tasks += 1
         return tuple(gpu_ids)
 
     def release_resources(self, req: TaskResourceRequirements, gpu_ids: tuple[int, ...]) -> None:
@@ -170,6 +173,22 @@ class Node:
                 continue
             taken = req.gpu_memory or full.gpu_memory_total
             gpu.gpu_memory_available = min(full.gpu_memory_total, gpu.gpu_memory_available + taken)
+            gpu.tasks = max(0, gpu.tasks - 1)
+
+    def retotal(self, resources: NodeResources) -> None:
+        """Replace the node's totals, keeping what running tasks hold allocated."""
+        old_total, avail = self.total_resources, self.available_resources
+        fresh = copy.deepcopy(resources)
+        fresh.cpu_count -= old_total.cpu_count - avail.cpu_count
+        fresh.memory_bytes -= old_total.memory_bytes - avail.memory_bytes
+        for gid, gpu in fresh.gpu_resources.items():
+            held = avail.gpu_resources.get(gid)
+            if held is not None:
+                gpu.tasks = held.tasks
+                gpu.gpu_memory_available -= (
+                    old_total.gpu_resources[gid].gpu_memory_total - held.gpu_memory_available
+                )
+        self.total_resources, self.available_resources = copy.deepcopy(resources), fresh
 
     def describe_total(self) -> str:
         total = self.total_resources

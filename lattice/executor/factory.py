@@ -1,0 +1,50 @@
+"""Build the executor a server was configured with."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from lattice.exceptions import LatticeInputError, LatticeUsageError
+from lattice.executor.base import ExecutorBackend
+from lattice.executor.local_executor import LocalExecutor
+from lattice.executor.sandbox.runner import SandboxRunner
+
+
+class ExecutorType(str, Enum):
+    RAY = "ray"
+    LOCAL = "local"
+
+
+def create_executor(
+    executor_type: ExecutorType | str,
+    *,
+    ray_address: str | None = None,
+    ray_port: int | None = None,
+    num_cpus: float | None = None,
+    sandbox: SandboxRunner | None = None,
+) -> ExecutorBackend:
+    """Return an executor of ``executor_type``, not yet initialized.
+
+    ``ray_address`` joins an existing Ray cluster; ``ray_port`` starts a Ray head other nodes
+    can join; neither starts a private local Ray. ``num_cpus`` sizes the Ray node this process
+    starts (the local executor's concurrency is bounded by the ResourceManager instead).
+
+    Raises:
+        LatticeInputError: unknown ``executor_type``.
+        LatticeUsageError: Ray options given for the local executor; Ray not installed.
+    """
+    try:
+        kind = ExecutorType(executor_type)
+    except ValueError:
+        allowed = ", ".join(t.value for t in ExecutorType)
+        raise LatticeInputError(
+            f"unknown executor type {executor_type!r}; allowed: {allowed}"
+        ) from None
+    if kind is ExecutorType.LOCAL:
+        if ray_address is not None or ray_port is not None:
+            raise LatticeUsageError("ray_address and ray_port only apply to the Ray executor")
+        return LocalExecutor(sandbox=sandbox)
+    # Imported here so that Lattice without Ray works, and `import lattice` stays light.
+    from lattice.executor.ray_executor import RayExecutor
+
+    return RayExecutor(address=ray_address, num_cpus=num_cpus, ray_port=ray_port, sandbox=sandbox)

@@ -1,0 +1,607 @@
+"""RayExecutor: every submission is one Ray task, pinned to the node the ResourceManager chose.
+
+Ray is the transport and the process pool here, not the scheduler:
+
+* placement is Lattice's: a submission for a Ray node runs there (hard node affinity), one for
+  the single-machine node id ``"local"`` runs wherever Ray likes;
+* GPUs are counted by Lattice: Ray sees ``num_gpus=0`` and the runner exports
+  ``CUDA_VISIBLE_DEVICES`` from the GPUs the ResourceManager granted;
+* retries are the scheduler's: Ray never re-runs a task (``max_retries=0``); a task whose
+  worker or node died comes back as an outcome with ``lost=True``.
+
+Completions arrive through ``ObjectRef.future()`` callbacks. Node membership is the one thing
+that is polled (see :meth:`RayExecutor.on_nodes_changed`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import logging
+import re
+import string
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, wait
+from dataclasses import dataclass, replace
+from typing import Any
+
+import psutil
+
+from lattice.exceptions import (
+    LatticeInputError,
+    LatticeUsageError,
+    LatticeWorldError,
+    TaskErrorInfo,
+)
+from lattice.executor.base import (
+    DoneCallback,
+    ExecutorBackend,
+    TaskHandle,
+    TaskOutcome,
+    TaskSubmission,
+)
+from lattice.executor.local_executor import CANCELLED
+from lattice.executor.runner import execute
+from lattice.executor.sandbox.runner import SandboxRunner
+
+try:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise LatticeUsageError(
+        'the Ray executor needs Ray, which is not installed: pip install "ray[default]"'
+    ) from exc
+
+logger = logging.getLogger(__name__)
+
+_HEAD_START_TIMEOUT = 120.0
+#: Ray drains a head for up to RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S (30 s) on SIGTERM
+_HEAD_STOP_TIMEOUT = 60.0
+#: Ray's record-style log lines: "<date> <time>\tLEVEL file.py:line -- message"
+_RAY_LOG_LEVEL = re.compile(r"\t(DEBUG|INFO|SUCC|WARNING|ERROR|CRITICAL) ")
+#: Ray's own chatter (INFO, SUCC) stays at debug level in Lattice's log
+_LOG_LEVELS = {"WARNING": logging.WARNING, "ERROR": logging.ERROR, "CRITICAL": logging.ERROR}
+
+
+# --- upstream object refs -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _RefSlot:
+    """Stands in an upstream dict for the ``index``-th object ref passed as a task argument."""
+
+    index: int
+
+
+def _detach_refs(sub: TaskSubmission) -> tuple[TaskSubmission, list[ray.ObjectRef[Any]]]:
+    """Move the ObjectRef values of ``upstream_inputs`` out into a list.
+
+    Ray resolves refs only when they are top-level task arguments; a ref inside the submission
+    would reach the task as a ref. So each one is passed beside the submission and the dict
+    keeps a :class:`_RefSlot` where it was.
+    """
+    refs: list[ray.ObjectRef[Any]] = []
+
+    def detach(inputs: Any) -> Any:
+        if not isinstance(inputs, dict):
+            return inputs
+        out = {}
+        for name, value in inputs.items():
+            if isinstance(value, ray.ObjectRef):
+                out[name] = _RefSlot(len(refs))
+                refs.append(value)
+            else:
+                out[name] = value
+        return out
+
+    upstream = sub.upstream_inputs
+    detached = [detach(d) for d in upstream] if isinstance(upstream, list) else detach(upstream)
+    if not refs:
+        return sub, refs
+    return replace(sub, upstream_inputs=detached), refs
+
+
+def _attach_refs(upstream: Any, values: tuple[Any, ...]) -> Any:
+    def attach(inputs: Any) -> Any:
+        if not isinstance(inputs, dict):
+            return inputs
+        return {k: values[v.index] if isinstance(v, _RefSlot) else v for k, v in inputs.items()}
+
+    return [attach(d) for d in upstream] if isinstance(upstream, list) else attach(upstream)
+
+
+# --- what runs inside the Ray worker --------------------------------------------------------
+
+
+def _run_in_worker(
+    sub: TaskSubmission, sandbox: SandboxRunner | None, *ref_values: Any
+) -> TaskOutcome:
+    if ref_values:
+        sub = replace(sub, upstream_inputs=_attach_refs(sub.upstream_inputs, ref_values))
+    if sandbox is not None:
+        return sandbox.run(sub)
+    return execute(sub, set_gpu_env=True)
+
+
+def _run_in_fresh_worker(
+    sub: TaskSubmission, sandbox: SandboxRunner | None, *ref_values: Any
+) -> TaskOutcome:
+    # Its own function (not an alias) so that Ray registers it with max_calls=1: CUDA reads
+    # CUDA_VISIBLE_DEVICES once per process, so a GPU task must not inherit a worker whose CUDA
+    # was set up for other GPUs. Ray does the same for its own num_gpus > 0 tasks.
+    return _run_in_worker(sub, sandbox, *ref_values)
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+def _outcome_of(future: Future[Any], task: str, where: str, cancelled: bool) -> TaskOutcome:
+    """Translate a finished Ray future into the outcome the scheduler understands.
+
+    ``cancelled``: Lattice asked to cancel the task, so a killed worker means cancelled.
+    """
+    exc = future.exception(timeout=0)
+    if exc is not None:
+        return _failure(exc, task, where, cancelled)
+    value = future.result(timeout=0)
+    if not isinstance(value, TaskOutcome):
+        message = f"task {task} returned {type(value).__name__}, not an outcome"
+        return TaskOutcome(error=TaskErrorInfo.framework("ExecutorError", message))
+    return value
+
+
+def _failure(exc: BaseException, task: str, where: str, cancelled: bool) -> TaskOutcome:
+    errors = ray.exceptions
+    if isinstance(exc, errors.TaskCancelledError):
+        return TaskOutcome(error=CANCELLED)
+    if isinstance(exc, errors.RayTaskError):
+        # Raised outside the runner's own guard (a BaseException, or the submission could not
+        # be unpickled in the worker): the task's failure, so not retried.
+        cause = exc.cause
+        return TaskOutcome(
+            error=TaskErrorInfo(type(cause).__name__, str(cause), exc.traceback_str or "")
+        )
+    if isinstance(exc, errors.RaySystemError) and isinstance(exc.client_exc, BaseException):
+        # The result arrived but cannot be unpickled here (e.g. a module the server lacks).
+        cause = exc.client_exc
+        message = f"the result of task {task} could not be loaded on the server: {cause}"
+        return TaskOutcome(
+            error=TaskErrorInfo(type(cause).__name__, message, exc.traceback_str or "")
+        )
+    if cancelled:
+        # cancel() escalated to killing the worker: that death is the cancellation.
+        return TaskOutcome(error=CANCELLED)
+    if isinstance(exc, errors.RayError):
+        return _lost(exc, task, where)
+    logger.error("unexpected error from Ray for task %s", task, exc_info=exc)
+    return TaskOutcome(error=TaskErrorInfo.framework(type(exc).__name__, str(exc)))
+
+
+def _lost(exc: BaseException, task: str, where: str) -> TaskOutcome:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
+    message = f"task {task} was lost on {where}: {type(exc).__name__}: {reason}"
+    return TaskOutcome(error=TaskErrorInfo.framework("WorkerLostError", message), lost=True)
+
+
+class _RayHandle(TaskHandle):
+    def __init__(self, task_key: str, ref: ray.ObjectRef[Any], task: str, where: str) -> None:
+        super().__init__(task_key)
+        self.ref = ref
+        # One future per handle: each ref.future() call registers its own fetch with Ray.
+        self._future: Future[Any] = ref.future()
+        self._task = task
+        self._where = where
+        self._lock = threading.Lock()
+        self._outcome: TaskOutcome | None = None
+        #: set by RayExecutor.cancel before it asks Ray to stop the task
+        self.cancel_requested = False
+
+    def _settle(self) -> TaskOutcome:
+        with self._lock:
+            if self._outcome is None:
+                self._outcome = _outcome_of(
+                    self._future, self._task, self._where, self.cancel_requested
+                )
+            return self._outcome
+
+    def on_ray_done(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` when Ray reports the task over, without settling its outcome."""
+        self._future.add_done_callback(lambda _f: fn())
+
+    def add_done_callback(self, fn: DoneCallback) -> None:
+        """Call ``fn(outcome)`` once the task ends; at once if it already has.
+
+        Otherwise ``fn`` runs on a Ray-owned thread, so it must be quick (post a message).
+        """
+        self._future.add_done_callback(lambda _f: fn(self._settle()))
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> TaskOutcome:
+        done, _ = wait([self._future], timeout)
+        if not done:
+            raise TimeoutError(f"task {self.task_key} not done after {timeout}s")
+        return self._settle()
+
+
+# --- a head for other nodes -----------------------------------------------------------------
+
+
+class _RayHead:
+    """A ``ray start --head --block`` child process and everything it started.
+
+    With ``--block`` the ``ray start`` process stays up as the parent of the head's GCS,
+    raylet and helpers, and stops all of them when it gets SIGTERM. So stopping this one
+    process (and waiting for its descendants) stops exactly the head we started, where
+    ``ray stop`` would kill every Ray process of this user on the machine (another cluster,
+    another test run).
+    """
+
+    _READY_MARK = "Ray runtime started."
+
+    def __init__(self, port: int, num_cpus: int | None) -> None:
+        self.port = port
+        cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}"]
+        cmd += ["--block", "--disable-usage-stats", "--include-dashboard=false"]
+        cmd += ["--log-style=record", "--log-color=false"]
+        if num_cpus is not None:
+            cmd.append(f"--num-cpus={num_cpus}")
+        self._proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            # Own session: Ctrl-C in the server's terminal reaches the server only, which then
+            # stops the head in order.
+            start_new_session=True,
+        )
+        self._ready = threading.Event()
+        self._stopping = False
+        self._tail: collections.deque[str] = collections.deque(maxlen=30)
+        self._reader = threading.Thread(
+            target=self._read_output, name=f"lattice-ray-head-{port}", daemon=True
+        )
+        self._reader.start()
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the head accepts connections; raise LatticeWorldError if it cannot."""
+        if self._ready.wait(timeout) and self._proc.poll() is None:
+            atexit.register(self.stop)  # a server that exits without shutdown() leaves no head
+            return
+        self.stop()
+        output = "".join(self._tail).strip() or "(no output)"
+        raise LatticeWorldError(
+            f"could not start a Ray head on port {self.port} "
+            f"(exit code {self._proc.returncode}):\n{output}"
+        )
+
+    def _read_output(self) -> None:
+        assert self._proc.stdout is not None
+        level = logging.DEBUG
+        for line in self._proc.stdout:
+            self._tail.append(line)
+            found = _RAY_LOG_LEVEL.search(line)
+            if found:  # lines without a level continue the previous record
+                level = _LOG_LEVELS.get(found.group(1), logging.DEBUG)
+            logger.log(level, "ray head: %s", line.rstrip())
+            if self._READY_MARK in line:
+                self._ready.set()
+        self._ready.set()  # EOF: wake wait_ready, which sees the exit
+        if not self._stopping:
+            logger.error("the Ray head on port %d exited unexpectedly", self.port)
+
+    def stop(self) -> None:
+        atexit.unregister(self.stop)
+        self._stopping = True
+        if self._proc.poll() is None:
+            try:
+                spawned = psutil.Process(self._proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                spawned = []
+            self._proc.terminate()
+            try:
+                self._proc.wait(_HEAD_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                logger.warning("the Ray head on port %d ignored SIGTERM; killing it", self.port)
+                self._proc.kill()
+                self._proc.wait()
+            # `ray start` gives each process a second or two and then abandons it; nothing of
+            # this head may outlive stop(), so that its ports are free when it returns.
+            _, survivors = psutil.wait_procs(spawned, timeout=5)
+            for process in survivors:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
+            psutil.wait_procs(survivors, timeout=5)
+        self._reader.join(timeout=5)
+
+
+def _align_auth_mode() -> None:
+    """Make this process use the same Ray token-auth mode as the head it is about to start.
+
+    ``ray start`` turns token auth on when a token exists (~/.ray/auth_token, RAY_AUTH_TOKEN),
+    but ``ray.init`` with an explicit address does not, and would then be refused by the head.
+    Running Ray's own rule here first exports the decision (RAY_AUTH_MODE) to both.
+    """
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token auth: nothing to align
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+# --- the executor ---------------------------------------------------------------------------
+
+
+def _is_ray_node_id(node_id: str) -> bool:
+    return len(node_id) == 2 * ray.NodeID.size() and all(c in string.hexdigits for c in node_id)
+
+
+def _alive_ids(nodes: list[dict[str, Any]]) -> set[str]:
+    return {str(n["NodeID"]) for n in nodes if n.get("Alive")}
+
+
+class RayExecutor(ExecutorBackend):
+    """Runs submissions as Ray tasks on a local Ray, a head it starts, or a cluster it joins.
+
+    Args:
+        address: join the Ray cluster at ``host:port`` instead of starting one.
+        num_cpus: CPUs of the Ray node this executor starts (whole number; default: all).
+        ray_port: start a Ray head for other nodes on this GCS port (``ray start --address
+            HOST:PORT`` joins it); without it a private in-process Ray is started.
+        sandbox: isolates the submissions it applies to, inside the Ray worker.
+        namespace: Ray namespace of the driver.
+        heartbeat_interval: seconds between two checks of cluster membership.
+        cancel_grace: seconds a cancelled task has to stop by itself before its worker is
+            killed (see :meth:`cancel`).
+
+    Raises:
+        LatticeUsageError: both ``address`` and ``ray_port`` were given.
+        LatticeInputError: ``num_cpus`` is negative or fractional.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: float | None = None,
+        ray_port: int | None = None,
+        sandbox: SandboxRunner | None = None,
+        namespace: str = "lattice",
+        heartbeat_interval: float = 1.0,
+        cancel_grace: float = 2.0,
+    ) -> None:
+        if address is not None and ray_port is not None:
+            raise LatticeUsageError(
+                "give either address (join a Ray cluster) or ray_port (start a head), not both"
+            )
+        if num_cpus is not None and (num_cpus < 0 or not float(num_cpus).is_integer()):
+            raise LatticeInputError(
+                f"num_cpus of a Ray node must be a whole number, got {num_cpus}"
+            )
+        self._address = address
+        self._num_cpus = None if num_cpus is None else int(num_cpus)
+        self._ray_port = ray_port
+        self._sandbox = sandbox
+        self._namespace = namespace
+        self._heartbeat_interval = heartbeat_interval
+        self._cancel_grace = cancel_grace
+        self._lock = threading.Lock()
+        self._initialized = False
+        self._owns_connection = False
+        self._head: _RayHead | None = None
+        self._remote: Any = None
+        self._remote_fresh: Any = None
+        self._callbacks: list[Callable[[], None]] = []
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def initialize(self) -> None:
+        """Start or join Ray (once; later calls do nothing).
+
+        If this process is already connected to Ray (and neither ``address`` nor ``ray_port``
+        was given) that connection is used and left open by :meth:`shutdown`.
+
+        Raises:
+            LatticeWorldError: the head could not start or the cluster could not be joined.
+            LatticeUsageError: asked to start or join while this process already uses Ray.
+        """
+        with self._lock:
+            if self._initialized:
+                return
+            if ray.is_initialized():
+                if self._address is not None or self._ray_port is not None:
+                    raise LatticeUsageError(
+                        "this process is already connected to Ray; a RayExecutor with address "
+                        "or ray_port must be the one that connects it"
+                    )
+                logger.info("using this process's existing Ray connection; it stays open")
+            else:
+                self._connect()
+            self._remote = ray.remote(max_retries=0)(_run_in_worker)
+            self._remote_fresh = ray.remote(max_retries=0, max_calls=1)(_run_in_fresh_worker)
+            alive = _alive_ids(ray.nodes())
+            self._stop.clear()
+            self._heartbeat = threading.Thread(
+                target=self._watch_nodes, args=(alive,), name="lattice-ray-heartbeat", daemon=True
+            )
+            self._heartbeat.start()
+            self._initialized = True
+
+    def _connect(self) -> None:
+        # Ray's own INFO lines ("Started a local Ray instance", ...) stay out of the server's
+        # log; print() output of tasks is still forwarded, with Ray's default de-duplication of
+        # identical lines from many workers (RAY_DEDUP_LOGS, left as the user set it).
+        common: dict[str, Any] = {
+            "namespace": self._namespace,
+            "logging_level": logging.WARNING,
+            "log_to_driver": True,
+        }
+        if self._address is not None:
+            try:
+                ray.init(address=self._address, **common)
+            except ConnectionError as exc:
+                raise LatticeWorldError(
+                    f"cannot join the Ray cluster at {self._address}: {exc}. If the cluster "
+                    "uses token authentication, set RAY_AUTH_MODE=token and give its token in "
+                    "RAY_AUTH_TOKEN or ~/.ray/auth_token"
+                ) from exc
+        elif self._ray_port is not None:
+            _align_auth_mode()
+            head = _RayHead(self._ray_port, self._num_cpus)
+            head.wait_ready(_HEAD_START_TIMEOUT)
+            try:
+                ray.init(address=f"127.0.0.1:{self._ray_port}", **common)
+            except BaseException:
+                head.stop()
+                raise
+            self._head = head
+        else:
+            # "local": a fresh private Ray even if RAY_ADDRESS or an earlier `ray start` on
+            # this machine would make ray.init() join that cluster instead.
+            ray.init(address="local", num_cpus=self._num_cpus, include_dashboard=False, **common)
+        self._owns_connection = True
+
+    def shutdown(self) -> None:
+        """Stop the heartbeat; disconnect from Ray and stop the head if this executor made them.
+
+        A cluster this executor only joined keeps running. Handles still pending never
+        complete afterwards, so the scheduler is stopped first.
+        """
+        with self._lock:
+            if not self._initialized:
+                return
+            self._initialized = False
+            self._stop.set()
+            heartbeat, self._heartbeat = self._heartbeat, None
+            owns, self._owns_connection = self._owns_connection, False
+            head, self._head = self._head, None
+        if heartbeat is not None and heartbeat is not threading.current_thread():
+            heartbeat.join(timeout=30)
+        if owns:
+            ray.shutdown()
+        if head is not None:
+            head.stop()
+
+    def _require_initialized(self) -> None:
+        if not self._initialized:
+            raise LatticeUsageError("RayExecutor is not initialized: call initialize() first")
+
+    # --- membership --------------------------------------------------------------------------
+
+    def cluster_nodes(self) -> list[dict[str, Any]]:
+        self._require_initialized()
+        return list(ray.nodes())
+
+    def alive_node_ids(self) -> set[str]:
+        self._require_initialized()
+        return _alive_ids(ray.nodes())
+
+    def on_nodes_changed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` on the heartbeat thread whenever the set of alive nodes changes.
+
+        Ray's public API has no push notification for nodes joining or dying, so a heartbeat
+        thread compares ``ray.nodes()`` every ``heartbeat_interval`` seconds: a change is seen
+        within that time. It is the only periodic work of this executor.
+        """
+        with self._lock:
+            self._callbacks.append(callback)
+
+    def _watch_nodes(self, alive: set[str]) -> None:
+        unreachable = False
+        while not self._stop.wait(self._heartbeat_interval):
+            try:
+                now = _alive_ids(ray.nodes())
+            except Exception:  # GCS unreachable: membership unknown, not changed
+                if not unreachable:
+                    logger.warning("cannot list Ray nodes; retrying", exc_info=True)
+                unreachable = True
+                continue
+            if unreachable:
+                logger.info("Ray nodes are reachable again")
+                unreachable = False
+            if now == alive:
+                continue
+            logger.info("Ray nodes changed: +%s -%s", sorted(now - alive), sorted(alive - now))
+            alive = now
+            with self._lock:
+                callbacks = list(self._callbacks)
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:  # one observer's bug must not stop the heartbeat
+                    logger.exception("nodes-changed callback %r failed", callback)
+
+    # --- tasks -------------------------------------------------------------------------------
+
+    def submit(self, submission: TaskSubmission) -> TaskHandle:
+        """Start ``submission`` as a Ray task on its node; the handle reports its outcome.
+
+        Raises:
+            LatticeUsageError: the executor is not initialized.
+        """
+        self._require_initialized()
+        node = submission.node
+        options: dict[str, Any] = {
+            "num_cpus": submission.requirements.cpu,
+            "num_gpus": 0,
+            "name": submission.task_name,
+        }
+        if submission.requirements.memory_bytes:
+            options["memory"] = submission.requirements.memory_bytes
+        if _is_ray_node_id(node.node_id):
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                node_id=node.node_id, soft=False
+            )
+            where = f"node {node.node_id} ({node.node_ip})"
+        else:
+            where = f"node {node.node_id!r} ({node.node_ip})"
+        sandbox = self._sandbox
+        if sandbox is not None and not sandbox.applies(submission):
+            sandbox = None
+        remote = self._remote_fresh if node.gpu_ids else self._remote
+        sent, refs = _detach_refs(submission)
+        ref = remote.options(**options).remote(sent, sandbox, *refs)
+        task = f"{submission.task_name} ({submission.task_key})"
+        return _RayHandle(submission.task_key, ref, task, where)
+
+    def cancel(self, handle: TaskHandle) -> bool:
+        """Stop the task: dequeue it, or interrupt it, or after ``cancel_grace`` kill its worker.
+
+        Ray's gentle cancel raises KeyboardInterrupt in the task, but only when the task next
+        runs Python bytecode: a task blocked in a sleep, a socket read or C code would not see
+        it until that call returns. So if the task is still running ``cancel_grace`` seconds
+        later, its worker process is killed (the process runs this one task only).
+
+        Returns False if the task had already finished; otherwise True, and the handle's
+        callbacks then receive a ``TaskCancelledError`` outcome (or the task's own outcome, if
+        it finished first).
+        """
+        if not isinstance(handle, _RayHandle):
+            raise LatticeUsageError(f"not a handle of this executor: {handle!r}")
+        if handle.done():
+            return False
+        handle.cancel_requested = True
+        ray.cancel(handle.ref, force=False)
+        timer = threading.Timer(self._cancel_grace, self._force_cancel, args=(handle,))
+        timer.daemon = True
+        handle.on_ray_done(timer.cancel)
+        timer.start()
+        return True
+
+    def _force_cancel(self, handle: _RayHandle) -> None:
+        if handle.done() or not self._initialized:
+            return
+        try:
+            ray.cancel(handle.ref, force=True)
+        except ray.exceptions.RayError:  # the task ended or Ray went away meanwhile
+            logger.warning("could not kill the worker of task %s", handle.task_key, exc_info=True)
