@@ -23,11 +23,13 @@ def _token_of(scope: Scope) -> str | None:
     return query.get("token", [None])[0]
 
 
-async def _refuse(scope: Scope, send: Send, status: int, detail: str) -> None:
+async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
     if scope["type"] == "websocket":
-        # Closing before accepting makes the server answer the handshake with 403; close with
-        # an application code instead so the client sees why.
-        await send({"type": "websocket.close", "code": 4000 + status, "reason": detail})
+        # Closing before accepting makes the server answer the handshake with a bare 403;
+        # accept, then close with an application code (4000 + status) so the client sees why.
+        if (await receive())["type"] == "websocket.connect":
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.close", "code": 4000 + status, "reason": detail})
         return
     body = json.dumps({"status": "error", "detail": detail}).encode()
     await send(
@@ -55,7 +57,7 @@ class TokenGuard:
         if scope["type"] in ("http", "websocket"):
             given = _token_of(scope)
             if given is None or not hmac.compare_digest(given.encode(), self._token):
-                await _refuse(scope, send, 401, "missing or wrong Lattice token")
+                await _refuse(scope, receive, send, 401, "missing or wrong Lattice token")
                 return
         await self.app(scope, receive, send)
 
@@ -71,26 +73,35 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        detail = f"request body over {self.max_bytes} bytes"
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await _refuse(scope, send, 413, f"request body over {self.max_bytes} bytes")
+                await _refuse(scope, receive, send, 413, detail)
                 return
+        # A body without a length (chunked) is counted as it is read. Raising out of the app's
+        # receive would not work: FastAPI turns any error while reading the body into its own
+        # 400. So answer 413 here, tell the app the client is gone, and drop what it sends.
         seen = 0
+        started = refused = False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge()
+                if seen > self.max_bytes and not started:
+                    refused = True
+                    await _refuse(scope, receive, send, 413, detail)
+                    return {"type": "http.disconnect"}
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _refuse(scope, send, 413, f"request body over {self.max_bytes} bytes")
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, limited, guarded_send)

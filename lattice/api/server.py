@@ -111,8 +111,14 @@ def create_app(
     install_error_handlers(app)
     for module in (workflow, langgraph, worker, runs):
         app.include_router(module.router)
-    # Outermost first: the token check runs before anything reads the body.
+    # Each add_middleware wraps the ones before it: the token check runs before anything
+    # reads the body; CORS wraps even the token check, because a browser's preflight never
+    # carries the token (CORS answers it without calling the app) and a 401 must carry the
+    # CORS headers for the page to read it.
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.token:
+        app.add_middleware(TokenGuard, token=settings.token)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -121,7 +127,4 @@ def create_app(
             allow_methods=["*"],
             allow_headers=["*"],
         )
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    if settings.token:
-        app.add_middleware(TokenGuard, token=settings.token)
     return app

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +17,8 @@ from lattice.exceptions import LatticeError
 from lattice.executor.sandbox.policy import SandboxLevel, SandboxSpec
 
 log = logging.getLogger("lattice")
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _head_settings(args: argparse.Namespace) -> ServerSettings:
@@ -60,7 +63,16 @@ def run_head(settings: ServerSettings) -> int:
         ws_max_size=settings.max_body_bytes,
     )
     server = uvicorn.Server(config)
-    server.run()
+    # uvicorn shuts down on SIGINT/SIGTERM and then re-raises the signal to the handler that
+    # was installed before it ran: Python's defaults would turn a clean shutdown into a
+    # KeyboardInterrupt traceback (SIGINT) or a death by signal (SIGTERM). Here the shutdown
+    # is the whole answer to the signal; a signal before serving starts also stops it.
+    previous = {sig: signal.signal(sig, server.handle_exit) for sig in _STOP_SIGNALS}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0 if server.started else 1
 
 

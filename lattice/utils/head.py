@@ -16,7 +16,8 @@ from types import TracebackType
 from lattice.exceptions import LatticeWorldError
 from lattice.utils.network import free_port
 
-READY_LINE = "Application startup complete"
+#: uvicorn prints this once the port is bound (after "Application startup complete")
+READY_LINE = "Uvicorn running on"
 
 
 class LocalHead:

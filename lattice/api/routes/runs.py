@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 
 from lattice.api.deps import Orch
 from lattice.api.models.schemas import HealthResponse, RunStatusResponse, StatusResponse
-from lattice.exceptions import NotFoundError
+from lattice.exceptions import LatticeUsageError, NotFoundError
 
 router = APIRouter(tags=["runs"])
 
@@ -37,7 +37,10 @@ async def cancel_run(run_id: str, orch: Orch) -> StatusResponse:
 
 @router.delete("/runs/{run_id}", response_model=StatusResponse)
 async def retire_run(run_id: str, orch: Orch) -> StatusResponse:
-    """Forget a finished run and its results now rather than by the retention limit."""
+    """Forget a finished run and its results now rather than by the retention limit.
+    A run still running is refused with 409 (cancel it first)."""
+    if not orch.get_run_log(run_id).closed:
+        raise LatticeUsageError(f"run {run_id} is still running; cancel it before deleting it")
     orch.retire_run(run_id)
     return StatusResponse()
 

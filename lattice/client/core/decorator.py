@@ -79,7 +79,7 @@ def task(
     if batch_size is not None or batch_timeout is not None:
         batch = {
             "enabled": True,
-            "batch_size": batch_size or 10,
+            "batch_size": 10 if batch_size is None else batch_size,
             "batch_timeout": 1.0 if batch_timeout is None else batch_timeout,
         }
         BatchConfig.parse(batch)

@@ -118,4 +118,6 @@ def _error_for(method: str, url: str, status: int, payload: Any) -> Exception:
         return LatticeInputError(f"{method} {url} rejected ({status}): {text}")
     if status == 401:
         return LatticeUsageError(f"{method} {url}: {text} (pass token= to the client)")
+    if status == 409:  # the server's LatticeUsageError: asked at the wrong time, not broken
+        return LatticeUsageError(f"{method} {url} refused ({status}): {text}")
     return LatticeServerError(f"{method} {url} failed ({status}): {text}", status, detail)

@@ -100,8 +100,9 @@ class Orchestrator:
 
         self._bus.set_listener(listener)
 
-    def cleanup(self, timeout: float = 5.0) -> None:
-        """End open runs, stop the scheduler, shut the executor down."""
+    def cleanup(self, timeout: float = 5.0, *, shutdown_executor: bool = True) -> None:
+        """End open runs, stop the scheduler and, unless ``shutdown_executor`` is False (an
+        executor shared with other orchestrators), shut the executor down."""
         for ctx in list(self._run_contexts.values()):
             if isinstance(ctx, RunContext):
                 ctx.abort("server shutting down")
@@ -111,7 +112,8 @@ class Orchestrator:
             if not self._scheduler.join(timeout):
                 log.warning("scheduler thread did not stop within %ss", timeout)
             self._scheduler = None
-        self.executor.shutdown()
+        if shutdown_executor:
+            self.executor.shutdown()
 
     @property
     def _bus(self) -> MessageBus:
@@ -258,7 +260,10 @@ class Orchestrator:
         self._bus.send_to_scheduler(Message(MessageType.STOP_WORKER, StopWorkerData(node_id)))
 
     def nodes(self) -> list[dict[str, Any]]:
-        return self.resource_manager.snapshot()
+        """Every node as the scheduler last published it (safe from this thread)."""
+        if self._scheduler is None:
+            raise OrchestratorNotInitializedError()
+        return self._scheduler.nodes_view
 
     # --- scheduler messages -----------------------------------------------------------------
 

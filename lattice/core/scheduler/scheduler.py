@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from lattice.core.observer import EngineObserver, NodeGauge
 from lattice.core.resource.manager import ResourceManager
@@ -37,7 +38,7 @@ from lattice.core.scheduler.messages import (
 )
 from lattice.core.scheduler.pending import PendingItem, PendingQueue, Shape
 from lattice.core.scheduler.submission import build_submission, encode_outcome, split_outcome
-from lattice.exceptions import InvalidReferenceError, TaskErrorInfo
+from lattice.exceptions import InvalidReferenceError, NodeNotFoundError, TaskErrorInfo
 from lattice.executor.base import ExecutorBackend, TaskHandle, TaskKind, TaskOutcome
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._gauges_dirty = True
+        #: the nodes as the API shows them, republished by the scheduler thread on change
+        self.nodes_view: list[dict[str, Any]] = resource_manager.snapshot()
         self._handlers: dict[MessageType, Callable[[Message], None]] = {
             MessageType.RUN_TASK: self._add_pending_task,
             MessageType.TASK_DONE: self._on_task_done,
@@ -170,6 +173,16 @@ class Scheduler:
                 blocked.add(item.shape)
 
     def _submit_task(self, item: PendingItem, node: SelectedNode) -> None:
+        if item.batched:
+            # A task whose reference cannot be resolved fails alone, not with its batch.
+            for task in list(item.tasks):
+                error = self._unresolved_reference(task)
+                if error is not None:
+                    item.tasks.remove(task)
+                    self._fail(task, error, "")
+            if not item.tasks:
+                self._rm.release_task_resources(node.node_id, item.requirements, node.gpu_ids)
+                return
         key = item.tasks[0].key if not item.batched else f"batch/{uuid.uuid4().hex}"
         try:
             submission = build_submission(key, item, node, self._runtime)
@@ -218,6 +231,16 @@ class Scheduler:
             )
 
         running.handle.add_done_callback(done)
+
+    def _unresolved_reference(self, task: BaseTaskRuntime) -> TaskErrorInfo | None:
+        if not isinstance(task, CodeTaskRuntime):
+            return None
+        try:
+            for _, ref in task.upstream:
+                self._runtime.get_task_result_value(task.run_id, ref)
+        except InvalidReferenceError as exc:
+            return TaskErrorInfo.framework("InvalidReferenceError", str(exc))
+        return None
 
     # --- completion -------------------------------------------------------------------------
 
@@ -332,7 +355,11 @@ class Scheduler:
 
     def _remove_worker(self, message: Message) -> None:
         assert isinstance(message.data, StopWorkerData)
-        self._rm.drain_node(message.data.node_id)
+        try:
+            self._rm.drain_node(message.data.node_id)
+        except NodeNotFoundError:
+            # Deregistering twice, or after the node was already forgotten, changes nothing.
+            log.warning("disconnect for unknown node %s ignored", message.data.node_id)
         self._gauges_dirty = True
 
     def _check_nodes(self, message: Message) -> None:
@@ -360,6 +387,8 @@ class Scheduler:
         if not self._gauges_dirty:
             return
         self._gauges_dirty = False
+        # A fresh list, swapped in whole: readers on other threads never see it change.
+        self.nodes_view = self._rm.snapshot()
         self._observer.pending_changed(len(self._pending) + self._batches.pending_count())
         self._observer.nodes_changed(
             [
