@@ -60,7 +60,8 @@ def check_outputs(result: Any, outputs: tuple[str, ...], task_name: str) -> Any:
     """Match a task's return value to its declared outputs.
 
     A dict must hold every declared key (extra keys are kept). With exactly one declared
-    output, a non-dict return value (or a dict without that key) is taken as that output.
+    output, a return value that is not a dict (or an empty dict) is taken as that output;
+    a non-empty dict without the key is an error, since it most likely misnames it.
     """
     if not outputs:
         return result

@@ -1,0 +1,394 @@
+"""Resource requests, node bookkeeping (CPU, memory, shared and whole GPUs) and placement."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from lattice.core.resource.manager import LOCAL_NODE_ID, ResourceManager
+from lattice.core.resource.node import GpuResource, Node, NodeResources, NodeStatus
+from lattice.core.resource.requirements import MB, TaskResourceRequirements
+from lattice.exceptions import InvalidResourceError, NodeNotFoundError
+
+GB = 1024 * MB
+
+
+def req(**kwargs: Any) -> TaskResourceRequirements:
+    return TaskResourceRequirements.from_dict(kwargs)
+
+
+def gpus(*mems: int) -> dict[int, GpuResource]:
+    return {i: GpuResource(i, m, m) for i, m in enumerate(mems)}
+
+
+def node(
+    cpu: float = 4, mem_gb: int = 8, gpu_mems: tuple[int, ...] = (), node_id: str = "n"
+) -> Node:
+    return Node.create(node_id, "10.0.0.1", NodeResources(cpu, mem_gb * GB, gpus(*gpu_mems)))
+
+
+def free_gpu_mem(n: Node) -> dict[int, int]:
+    return {g.gpu_id: g.gpu_memory_available for g in n.available_resources.gpu_resources.values()}
+
+
+# --- requirements -----------------------------------------------------------------------------
+
+
+def test_requirements_default_to_one_cpu_and_nothing_else() -> None:
+    assert TaskResourceRequirements.from_dict(None) == TaskResourceRequirements(1.0, 0, 0, 0)
+    assert TaskResourceRequirements.from_dict({}) == TaskResourceRequirements(1.0, 0, 0, 0)
+
+
+def test_requirements_parse_every_key_with_memory_in_mb() -> None:
+    r = req(cpu=0.25, cpu_mem=512, gpu=2, gpu_mem=4000)
+
+    assert r == TaskResourceRequirements(cpu=0.25, memory_bytes=512 * MB, gpu=2, gpu_memory=4000)
+    assert r.to_dict() == {"cpu": 0.25, "cpu_mem": 512, "gpu": 2, "gpu_mem": 4000}
+    assert r.describe() == "cpu=0.25, cpu_mem=512MB, gpu=2, gpu_mem=4000MB"
+
+
+@pytest.mark.parametrize(
+    ("resources", "named"),
+    [
+        ({"cpu": 1, "memory": 100}, "'memory'"),
+        ({"gpus": 1, "cpus": 2}, "'cpus', 'gpus'"),
+        ({"GPU": 1}, "'GPU'"),
+    ],
+)
+def test_requirements_reject_unknown_keys_by_name(resources: dict[str, Any], named: str) -> None:
+    with pytest.raises(
+        InvalidResourceError, match=f"unknown resource key\\(s\\) {named}"
+    ) as caught:
+        TaskResourceRequirements.from_dict(resources)
+    assert "allowed: cpu, cpu_mem, gpu, gpu_mem" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ({"cpu": "2"}, "'cpu' must be a number"),
+        ({"cpu": True}, "'cpu' must be a number"),
+        ({"cpu": -1}, "'cpu' must be >= 0"),
+        ({"cpu": math.nan}, "'cpu' must be >= 0"),
+        ({"cpu_mem": math.inf}, "'cpu_mem' must be >= 0"),
+        ({"gpu": 0.5}, "'gpu' must be a whole number"),
+        ({"gpu_mem": 1000}, "'gpu_mem' needs 'gpu' >= 1"),
+    ],
+)
+def test_requirements_reject_bad_values_naming_the_key(
+    resources: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidResourceError, match=message):
+        TaskResourceRequirements.from_dict(resources)
+
+
+def test_requirements_must_be_an_object() -> None:
+    with pytest.raises(InvalidResourceError, match="must be an object, got list"):
+        TaskResourceRequirements.from_dict([1, 2])  # type: ignore[arg-type]
+
+
+# --- node: CPU and memory ---------------------------------------------------------------------
+
+
+def test_fractional_cpu_packs_exactly_as_many_tasks_as_fit() -> None:
+    n = node(cpu=1)
+    tenth = req(cpu=0.1)
+
+    granted = [n.allocate_resources(tenth) for _ in range(10)]
+
+    assert granted == [()] * 10
+    assert not n.can_run_task(tenth)
+    assert n.allocate_resources(tenth) is None
+    n.release_resources(tenth, ())
+    assert n.can_run_task(tenth)
+
+
+def test_memory_is_allocated_and_released() -> None:
+    n = node(cpu=8, mem_gb=2)
+    big = req(cpu=1, cpu_mem=1536)
+
+    assert n.allocate_resources(big) == ()
+    assert n.available_resources.memory_bytes == 512 * MB
+    assert not n.can_run_task(big)
+    assert n.can_run_task(req(cpu=1, cpu_mem=512))
+    n.release_resources(big, ())
+    assert n.available_resources.memory_bytes == 2 * GB
+    assert n.available_resources.cpu_count == 8
+
+
+def test_release_never_exceeds_the_total() -> None:
+    n = node(cpu=2, mem_gb=1)
+
+    n.release_resources(req(cpu=1, cpu_mem=100), ())
+
+    assert n.available_resources.cpu_count == 2
+    assert n.available_resources.memory_bytes == 1 * GB
+
+
+def test_could_ever_run_looks_at_the_total_can_run_at_what_is_free() -> None:
+    n = node(cpu=4)
+    three = req(cpu=3)
+    n.allocate_resources(three)
+
+    assert not n.can_run_task(three)
+    assert n.could_ever_run(three)
+    assert not n.could_ever_run(req(cpu=5))
+
+
+# --- node: GPUs -------------------------------------------------------------------------------
+
+
+def test_gpu_with_memory_takes_that_much_of_one_gpu_and_others_share_it() -> None:
+    n = node(gpu_mems=(16000, 16000))
+    share = req(cpu=0.1, gpu=1, gpu_mem=4000)
+
+    first = n.allocate_resources(share)
+    second = n.allocate_resources(share)
+
+    assert first == second  # packed onto the same GPU, keeping the other one whole
+    (gid,) = first or (None,)
+    assert gid is not None
+    assert free_gpu_mem(n)[gid] == 8000
+    assert free_gpu_mem(n)[1 - gid] == 16000
+
+
+def test_gpu_mem_zero_takes_a_whole_idle_gpu() -> None:
+    n = node(gpu_mems=(16000, 16000))
+    whole = req(cpu=0.1, gpu=1)
+    share = req(cpu=0.1, gpu=1, gpu_mem=4000)
+
+    shared_gpu = n.allocate_resources(share)
+    whole_gpu = n.allocate_resources(whole)
+
+    assert shared_gpu and whole_gpu and shared_gpu != whole_gpu
+    assert free_gpu_mem(n)[whole_gpu[0]] == 0
+    # No idle GPU is left: the shared one is partly used, the other is taken whole.
+    assert n.allocate_resources(whole) is None
+    # ...but the shared GPU still has room for more sharing tasks.
+    assert n.allocate_resources(share) == shared_gpu
+
+    n.release_resources(whole, whole_gpu)
+    assert free_gpu_mem(n)[whole_gpu[0]] == 16000
+    assert n.allocate_resources(whole) == whole_gpu
+
+
+def test_a_shared_request_larger_than_any_gpu_does_not_fit() -> None:
+    n = node(gpu_mems=(8000,))
+
+    assert not n.can_run_task(req(gpu=1, gpu_mem=9000))
+    assert not n.could_ever_run(req(gpu=1, gpu_mem=9000))
+    assert n.could_ever_run(req(gpu=1, gpu_mem=8000))
+
+
+def test_several_gpus_each_need_the_memory() -> None:
+    n = node(gpu_mems=(16000, 6000, 16000))
+
+    granted = n.allocate_resources(req(gpu=2, gpu_mem=10000))
+
+    assert granted is not None and sorted(granted) == [0, 2]
+    assert free_gpu_mem(n) == {0: 6000, 1: 6000, 2: 6000}
+    n.release_resources(req(gpu=2, gpu_mem=10000), granted)
+    assert free_gpu_mem(n) == {0: 16000, 1: 6000, 2: 16000}
+
+
+def test_a_gpu_of_unknown_memory_is_still_taken_whole_by_one_task_at_a_time() -> None:
+    # A Ray node's GPUs whose memory is not known are registered with 0 MB: whole-GPU only.
+    n = node(gpu_mems=(0,))
+    whole = req(cpu=0.1, gpu=1)
+
+    granted = n.allocate_resources(whole)
+
+    assert granted == (0,)
+    assert not n.can_run_task(whole)
+    assert n.allocate_resources(whole) is None
+    assert not n.can_run_task(req(cpu=0.1, gpu=1, gpu_mem=1))
+    n.release_resources(whole, granted)
+    assert n.allocate_resources(whole) == (0,)
+
+
+def test_a_cpu_only_node_never_runs_a_gpu_task() -> None:
+    assert not node().could_ever_run(req(gpu=1))
+
+
+# --- node resources from the wire -------------------------------------------------------------
+
+
+def test_node_resources_from_wire() -> None:
+    res = NodeResources.from_wire(
+        {"cpu": 8, "cpu_mem": 1024, "gpu_resource": {"0": {"gpu_id": 0, "gpu_mem": 24000}}}
+    )
+
+    assert res.cpu_count == 8
+    assert res.memory_bytes == 1024 * MB
+    assert res.gpu_resources[0].gpu_memory_total == 24000
+    assert res.gpu_resources[0].gpu_memory_available == 24000
+    with pytest.raises(InvalidResourceError, match="'disk'"):
+        NodeResources.from_wire({"cpu": 1, "disk": 5})
+    with pytest.raises(InvalidResourceError, match="'cpu' must be a number >= 0"):
+        NodeResources.from_wire({"cpu": -1})
+
+
+# --- the resource manager ---------------------------------------------------------------------
+
+
+def manager(*nodes: tuple[str, NodeResources]) -> ResourceManager:
+    rm = ResourceManager()
+    for node_id, res in nodes:
+        rm.add_node(node_id, f"ip-{node_id}", res)
+    return rm
+
+
+def test_select_node_allocates_on_the_node_with_most_cpu_free() -> None:
+    rm = manager(("small", NodeResources(2, GB)), ("big", NodeResources(8, GB)))
+
+    picked = rm.select_node(req(cpu=1))
+
+    assert picked is not None and picked.node_id == "big" and picked.node_ip == "ip-big"
+    assert rm.get_node("big").available_resources.cpu_count == 7
+    assert rm.get_node("small").available_resources.cpu_count == 2
+
+
+def test_select_node_keeps_gpu_nodes_for_gpu_work() -> None:
+    rm = manager(("gpu", NodeResources(16, GB, gpus(16000))), ("cpu", NodeResources(2, GB)))
+
+    cpu_task = rm.select_node(req(cpu=1))
+    gpu_task = rm.select_node(req(cpu=1, gpu=1, gpu_mem=1000))
+
+    assert cpu_task is not None and cpu_task.node_id == "cpu"
+    assert gpu_task is not None and gpu_task.node_id == "gpu" and gpu_task.gpu_id == 0
+
+
+def test_select_node_returns_none_when_nothing_has_room_now() -> None:
+    rm = manager(("n", NodeResources(4, GB)))
+    three = req(cpu=3)
+
+    first = rm.select_node(three)
+    assert first is not None
+    assert rm.select_node(three) is None
+    assert rm.can_ever_fit(three)
+
+    rm.release_task_resources(first.node_id, three, first.gpu_ids)
+    assert rm.select_node(three) is not None
+
+
+def test_a_request_no_node_can_ever_hold_is_explained() -> None:
+    rm = manager(("small", NodeResources(2, 4 * GB)), ("large", NodeResources(8, 16 * GB)))
+    huge = req(cpu=16, cpu_mem=1024)
+
+    assert not rm.can_ever_fit(huge)
+    text = rm.explain_never_fits(huge)
+    assert "task asks for cpu=16, cpu_mem=1024MB" in text
+    assert "the largest node (large) has cpu=8, cpu_mem=16384MB" in text
+
+
+def test_explain_mentions_the_gpus_of_the_largest_node() -> None:
+    rm = manager(("g", NodeResources(8, GB, gpus(16000, 16000))))
+
+    text = rm.explain_never_fits(req(gpu=1, gpu_mem=20000))
+
+    assert "gpu=1, gpu_mem=20000MB" in text
+    assert "2 GPU(s) [16000MB, 16000MB]" in text
+
+
+def test_explain_when_no_node_is_alive() -> None:
+    rm = manager(("n", NodeResources(4, GB)))
+    rm.mark_dead("n")
+
+    assert not rm.can_ever_fit(req(cpu=1))
+    assert rm.explain_never_fits(req(cpu=1)) == "task asks for cpu=1 but no node is alive"
+
+
+def test_a_draining_node_takes_no_new_tasks_and_its_running_ones_release() -> None:
+    rm = manager(("a", NodeResources(4, GB)), ("b", NodeResources(2, GB)))
+    running = rm.select_node(req(cpu=1))
+    assert running is not None and running.node_id == "a"
+
+    rm.drain_node("a")
+
+    assert rm.get_node("a").status is NodeStatus.DRAINING
+    picked = rm.select_node(req(cpu=1))
+    assert picked is not None and picked.node_id == "b"
+    assert not rm.can_ever_fit(req(cpu=3))  # only "a" could, and it is draining
+    rm.release_task_resources("a", req(cpu=1), ())
+    assert rm.get_node("a").available_resources.cpu_count == 4
+
+
+def test_remove_node_forgets_it_and_a_late_release_is_ignored() -> None:
+    rm = manager(("a", NodeResources(4, GB)))
+    picked = rm.select_node(req(cpu=1))
+    assert picked is not None
+
+    rm.remove_node("a")
+
+    assert rm.nodes() == []
+    rm.release_task_resources("a", req(cpu=1), ())
+    with pytest.raises(NodeNotFoundError, match="Node a not found"):
+        rm.remove_node("a")
+    with pytest.raises(NodeNotFoundError):
+        rm.drain_node("a")
+
+
+def test_a_node_that_registers_again_keeps_its_allocations() -> None:
+    rm = manager(("a", NodeResources(4, GB)))
+    assert rm.select_node(req(cpu=3)) is not None
+    rm.drain_node("a")
+
+    rm.add_node("a", "new-ip", NodeResources(4, GB))
+
+    n = rm.get_node("a")
+    assert (n.status, n.node_ip, n.available_resources.cpu_count) == (NodeStatus.ALIVE, "new-ip", 1)
+
+
+def test_check_node_health_marks_missing_nodes_dead() -> None:
+    rm = manager(("a", NodeResources(4, GB)), ("b", NodeResources(4, GB)))
+
+    assert rm.check_node_health({"a"}) == ["b"]
+    assert rm.get_node("b").status is NodeStatus.DEAD
+    assert rm.check_node_health({"a"}) == []  # already dead: reported once
+    picked = rm.select_node(req(cpu=4))
+    assert picked is not None and picked.node_id == "a"
+    assert rm.select_node(req(cpu=1)) is None
+    assert not rm.can_ever_fit(req(cpu=5))
+
+
+def test_initialize_local_uses_the_resources_given() -> None:
+    rm = ResourceManager()
+
+    rm.initialize_local(NodeResources(3, 2 * GB))
+
+    assert rm.head_node_id == LOCAL_NODE_ID
+    assert rm.snapshot() == [
+        {
+            "node_id": "local",
+            "node_ip": "127.0.0.1",
+            "state": "alive",
+            "total": {"cpu": 3, "memory_bytes": 2 * GB, "gpus": {}},
+            "available": {"cpu": 3, "memory_bytes": 2 * GB, "gpus": {}},
+        }
+    ]
+
+
+def test_initialize_with_ray_registers_alive_nodes_as_ray_describes_them() -> None:
+    rm = ResourceManager()
+
+    rm.initialize_with_ray(
+        [
+            {
+                "NodeID": "aa",
+                "Alive": True,
+                "NodeManagerAddress": "10.0.0.9",
+                "Resources": {"CPU": 4.0, "memory": 2 * GB, "GPU": 2.0},
+            },
+            {"NodeID": "dead", "Alive": False, "Resources": {"CPU": 64.0}},
+        ]
+    )
+
+    assert [n.node_id for n in rm.nodes()] == ["aa"]
+    assert rm.head_node_id == "aa"
+    total = rm.get_node("aa").total_resources
+    assert (total.cpu_count, total.memory_bytes, sorted(total.gpu_resources)) == (4, 2 * GB, [0, 1])
+    # Memory of a remote node's GPUs is unknown: whole-GPU tasks only.
+    assert rm.can_ever_fit(req(gpu=2))
+    assert not rm.can_ever_fit(req(gpu=1, gpu_mem=100))
