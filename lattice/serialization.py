@@ -55,6 +55,36 @@ def decode_code(text: str, field: str = "code_ser") -> bytes:
     return raw
 
 
+class SealedValue:
+    """A value a sandboxed task produced, kept as the task's pickle bytes.
+
+    Pickling a SealedValue keeps it sealed (it does not run the inner pickle), so it can pass
+    through Ray and the server. :meth:`open` runs the task's pickle: call it only where the
+    task's code may run anyway. The sandbox child opens sealed upstream inputs before the task
+    sees them; a client opens what it receives.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = bytes(data)
+
+    def open(self) -> Any:
+        return cloudpickle.loads(self.data)
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return (SealedValue, (self.data,))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SealedValue) and other.data == self.data
+
+    def __hash__(self) -> int:
+        return hash(self.data)
+
+    def __repr__(self) -> str:
+        return f"<SealedValue: {len(self.data)} pickled bytes from a sandboxed task>"
+
+
 def _is_json_native(value: Any) -> bool:
     # Exact types only: a subclass of str or dict (an Enum, an OrderedDict, a LangChain object)
     # would lose its type in JSON.
@@ -79,6 +109,9 @@ def encode_value(value: Any) -> Any:
         return [encode_value(v) for v in value]
     if t is dict and all(type(k) is str for k in value) and PICKLE_KEY not in value:
         return {k: encode_value(v) for k, v in value.items()}
+    if t is SealedValue:
+        # Already the task's pickle: pass it on unopened, the client opens it.
+        return {PICKLE_KEY: base64.b64encode(value.data).decode("ascii")}
     return {PICKLE_KEY: dumps_b64(value)}
 
 

@@ -25,7 +25,6 @@ from lattice.core.orchestrator.events import InMemoryEventStore
 from lattice.core.orchestrator.orchestrator import Orchestrator
 from lattice.core.resource.node import NodeResources
 from lattice.executor.factory import create_executor
-from lattice.executor.sandbox.policy import SandboxLevel
 from lattice.executor.sandbox.runner import SandboxRunner
 from lattice.observability import Metrics, MetricsConfig, MetricsMiddleware
 
@@ -34,9 +33,8 @@ log = logging.getLogger(__name__)
 
 def build_orchestrator(settings: ServerSettings, observer: EngineObserver) -> Orchestrator:
     """Wire executor, sandbox and store for ``settings`` (not started)."""
-    sandbox = None
-    if settings.sandbox.level is not SandboxLevel.NONE:
-        sandbox = SandboxRunner(settings.sandbox)
+    # Always a runner: with a default of "none" a task may still ask for isolation itself.
+    sandbox = SandboxRunner(settings.sandbox)
     executor = create_executor(
         settings.executor,
         ray_address=settings.ray_address,

@@ -91,3 +91,5 @@ class LocalExecutor(ExecutorBackend):
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+        if self._sandbox is not None:
+            self._sandbox.close()

@@ -15,21 +15,14 @@ that is polled (see :meth:`RayExecutor.on_nodes_changed`).
 
 from __future__ import annotations
 
-import atexit
-import collections
-import contextlib
 import logging
-import re
+import os
 import string
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, replace
 from typing import Any
-
-import psutil
 
 from lattice.exceptions import (
     LatticeInputError,
@@ -45,6 +38,7 @@ from lattice.executor.base import (
     TaskSubmission,
 )
 from lattice.executor.local_executor import CANCELLED
+from lattice.executor.ray_node import START_TIMEOUT, NodePorts, RayHead, align_auth_mode
 from lattice.executor.runner import execute
 from lattice.executor.sandbox.runner import SandboxRunner
 
@@ -58,13 +52,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 logger = logging.getLogger(__name__)
 
-_HEAD_START_TIMEOUT = 120.0
-#: Ray drains a head for up to RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S (30 s) on SIGTERM
-_HEAD_STOP_TIMEOUT = 60.0
-#: Ray's record-style log lines: "<date> <time>\tLEVEL file.py:line -- message"
-_RAY_LOG_LEVEL = re.compile(r"\t(DEBUG|INFO|SUCC|WARNING|ERROR|CRITICAL) ")
-#: Ray's own chatter (INFO, SUCC) stays at debug level in Lattice's log
-_LOG_LEVELS = {"WARNING": logging.WARNING, "ERROR": logging.ERROR, "CRITICAL": logging.ERROR}
+#: Ray starts its workers at nice 15 so that its own daemons stay responsive. Here the workers
+#: run the tasks: at nice 15 every other process on the node (the client waiting for them,
+#: anything else running) takes the CPU first, and a parallel fan-out on a busy machine ran no
+#: faster than the same nodes in one process. Lattice runs them at 0, like the code they
+#: replace; an explicit RAY_worker_niceness still wins.
+_NICENESS_ENV = "RAY_worker_niceness"
 
 
 # --- upstream object refs -------------------------------------------------------------------
@@ -229,118 +222,18 @@ class _RayHandle(TaskHandle):
         return self._settle()
 
 
-# --- a head for other nodes -----------------------------------------------------------------
-
-
-class _RayHead:
-    """A ``ray start --head --block`` child process and everything it started.
-
-    With ``--block`` the ``ray start`` process stays up as the parent of the head's GCS,
-    raylet and helpers, and stops all of them when it gets SIGTERM. So stopping this one
-    process (and waiting for its descendants) stops exactly the head we started, where
-    ``ray stop`` would kill every Ray process of this user on the machine (another cluster,
-    another test run).
-    """
-
-    _READY_MARK = "Ray runtime started."
-
-    def __init__(self, port: int, num_cpus: int | None) -> None:
-        self.port = port
-        cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}"]
-        cmd += ["--block", "--disable-usage-stats", "--include-dashboard=false"]
-        cmd += ["--log-style=record", "--log-color=false"]
-        if num_cpus is not None:
-            cmd.append(f"--num-cpus={num_cpus}")
-        self._proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            # Own session: Ctrl-C in the server's terminal reaches the server only, which then
-            # stops the head in order.
-            start_new_session=True,
-        )
-        self._ready = threading.Event()
-        self._stopping = False
-        self._tail: collections.deque[str] = collections.deque(maxlen=30)
-        self._reader = threading.Thread(
-            target=self._read_output, name=f"lattice-ray-head-{port}", daemon=True
-        )
-        self._reader.start()
-
-    def wait_ready(self, timeout: float) -> None:
-        """Block until the head accepts connections; raise LatticeWorldError if it cannot."""
-        if self._ready.wait(timeout) and self._proc.poll() is None:
-            atexit.register(self.stop)  # a server that exits without shutdown() leaves no head
-            return
-        self.stop()
-        output = "".join(self._tail).strip() or "(no output)"
-        raise LatticeWorldError(
-            f"could not start a Ray head on port {self.port} "
-            f"(exit code {self._proc.returncode}):\n{output}"
-        )
-
-    def _read_output(self) -> None:
-        assert self._proc.stdout is not None
-        level = logging.DEBUG
-        for line in self._proc.stdout:
-            self._tail.append(line)
-            found = _RAY_LOG_LEVEL.search(line)
-            if found:  # lines without a level continue the previous record
-                level = _LOG_LEVELS.get(found.group(1), logging.DEBUG)
-            logger.log(level, "ray head: %s", line.rstrip())
-            if self._READY_MARK in line:
-                self._ready.set()
-        self._ready.set()  # EOF: wake wait_ready, which sees the exit
-        if not self._stopping:
-            logger.error("the Ray head on port %d exited unexpectedly", self.port)
-
-    def stop(self) -> None:
-        atexit.unregister(self.stop)
-        self._stopping = True
-        if self._proc.poll() is None:
-            try:
-                spawned = psutil.Process(self._proc.pid).children(recursive=True)
-            except psutil.NoSuchProcess:
-                spawned = []
-            self._proc.terminate()
-            try:
-                self._proc.wait(_HEAD_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                logger.warning("the Ray head on port %d ignored SIGTERM; killing it", self.port)
-                self._proc.kill()
-                self._proc.wait()
-            # `ray start` gives each process a second or two and then abandons it; nothing of
-            # this head may outlive stop(), so that its ports are free when it returns.
-            _, survivors = psutil.wait_procs(spawned, timeout=5)
-            for process in survivors:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    process.kill()
-            psutil.wait_procs(survivors, timeout=5)
-        self._reader.join(timeout=5)
-
-
-def _align_auth_mode() -> None:
-    """Make this process use the same Ray token-auth mode as the head it is about to start.
-
-    ``ray start`` turns token auth on when a token exists (~/.ray/auth_token, RAY_AUTH_TOKEN),
-    but ``ray.init`` with an explicit address does not, and would then be refused by the head.
-    Running Ray's own rule here first exports the decision (RAY_AUTH_MODE) to both.
-    """
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:  # a Ray without token auth: nothing to align
-        return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-
-
 # --- the executor ---------------------------------------------------------------------------
 
 
 def _is_ray_node_id(node_id: str) -> bool:
     return len(node_id) == 2 * ray.NodeID.size() and all(c in string.hexdigits for c in node_id)
+
+
+def _ray_nodes() -> list[dict[str, Any]]:
+    try:
+        return list(ray.nodes())
+    except ray.exceptions.RayError as exc:
+        raise LatticeWorldError(f"cannot list the nodes of the Ray cluster: {exc}") from exc
 
 
 def _alive_ids(nodes: list[dict[str, Any]]) -> set[str]:
@@ -357,6 +250,9 @@ class RayExecutor(ExecutorBackend):
             HOST:PORT`` joins it); without it a private in-process Ray is started.
         sandbox: isolates the submissions it applies to, inside the Ray worker.
         namespace: Ray namespace of the driver.
+        node_ports: with ``ray_port``, the port range the head's Ray node listens on (node
+            manager, object manager, workers; see :class:`~lattice.executor.ray_node.NodePorts`),
+            so that a firewall can open exactly it. Default: ports Ray picks.
         heartbeat_interval: seconds between two checks of cluster membership.
         cancel_grace: seconds a cancelled task has to stop by itself before its worker is
             killed (see :meth:`cancel`).
@@ -375,6 +271,7 @@ class RayExecutor(ExecutorBackend):
         ray_port: int | None = None,
         sandbox: SandboxRunner | None = None,
         namespace: str = "lattice",
+        node_ports: NodePorts | None = None,
         heartbeat_interval: float = 1.0,
         cancel_grace: float = 2.0,
     ) -> None:
@@ -389,6 +286,7 @@ class RayExecutor(ExecutorBackend):
         self._address = address
         self._num_cpus = None if num_cpus is None else int(num_cpus)
         self._ray_port = ray_port
+        self._node_ports = node_ports
         self._sandbox = sandbox
         self._namespace = namespace
         self._heartbeat_interval = heartbeat_interval
@@ -396,7 +294,7 @@ class RayExecutor(ExecutorBackend):
         self._lock = threading.Lock()
         self._initialized = False
         self._owns_connection = False
-        self._head: _RayHead | None = None
+        self._head: RayHead | None = None
         self._remote: Any = None
         self._remote_fresh: Any = None
         self._callbacks: list[Callable[[], None]] = []
@@ -456,9 +354,9 @@ class RayExecutor(ExecutorBackend):
                     "RAY_AUTH_TOKEN or ~/.ray/auth_token"
                 ) from exc
         elif self._ray_port is not None:
-            _align_auth_mode()
-            head = _RayHead(self._ray_port, self._num_cpus)
-            head.wait_ready(_HEAD_START_TIMEOUT)
+            align_auth_mode()
+            head = RayHead(self._ray_port, self._num_cpus, self._node_ports)
+            head.wait_ready(START_TIMEOUT)
             try:
                 ray.init(address=f"127.0.0.1:{self._ray_port}", **common)
             except BaseException:
@@ -468,7 +366,13 @@ class RayExecutor(ExecutorBackend):
         else:
             # "local": a fresh private Ray even if RAY_ADDRESS or an earlier `ray start` on
             # this machine would make ray.init() join that cluster instead.
-            ray.init(address="local", num_cpus=self._num_cpus, include_dashboard=False, **common)
+            ray.init(
+                address="local",
+                num_cpus=self._num_cpus,
+                include_dashboard=False,
+                _system_config={"worker_niceness": int(os.environ.get(_NICENESS_ENV, "0"))},
+                **common,
+            )
         self._owns_connection = True
 
     def shutdown(self) -> None:
@@ -491,6 +395,8 @@ class RayExecutor(ExecutorBackend):
             ray.shutdown()
         if head is not None:
             head.stop()
+        if self._sandbox is not None:
+            self._sandbox.close()
 
     def _require_initialized(self) -> None:
         if not self._initialized:
@@ -499,12 +405,18 @@ class RayExecutor(ExecutorBackend):
     # --- membership --------------------------------------------------------------------------
 
     def cluster_nodes(self) -> list[dict[str, Any]]:
+        """Every node Ray knows, alive or dead, as ``ray.nodes()`` lists them.
+
+        Raises:
+            LatticeWorldError: the cluster's GCS cannot be reached.
+        """
         self._require_initialized()
-        return list(ray.nodes())
+        return _ray_nodes()
 
     def alive_node_ids(self) -> set[str]:
+        """Ids of the nodes Ray counts alive. Raises LatticeWorldError like cluster_nodes."""
         self._require_initialized()
-        return _alive_ids(ray.nodes())
+        return _alive_ids(_ray_nodes())
 
     def on_nodes_changed(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` on the heartbeat thread whenever the set of alive nodes changes.
