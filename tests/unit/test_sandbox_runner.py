@@ -29,7 +29,7 @@ from lattice.core.resource.requirements import TaskResourceRequirements
 from lattice.exceptions import LatticeInputError, LatticeUsageError
 from lattice.executor.base import TaskKind, TaskOutcome, TaskSubmission
 from lattice.executor.runner import execute
-from lattice.executor.sandbox import verdict
+from lattice.executor.sandbox import forkserver, verdict
 from lattice.executor.sandbox.cgroup import process_limit_unavailable
 from lattice.executor.sandbox.docker import docker_available
 from lattice.executor.sandbox.policy import SandboxLevel, SandboxSpec
@@ -404,6 +404,9 @@ def test_a_child_that_exits_without_a_result_is_reported(runner: SandboxRunner) 
     assert "exited with code 3 without a result" in message
 
 
+FORK_SERVER_MODULE = forkserver.__name__
+
+
 def test_cancel_kills_a_running_task(
     runner: SandboxRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -427,9 +430,12 @@ def test_cancel_kills_a_running_task(
     assert not runner.cancel("c"), "nothing is left to cancel"
     leftovers = []
     # Under this process: fork servers, under them supervisors (possibly still exiting),
-    # under those the task's processes, which must all be gone once run() returned.
+    # under those the task's processes, which must all be gone once run() returned. Other
+    # children of this process (a Ray head started by another test) are not the runner's.
     for server in psutil.Process().children():
         with contextlib.suppress(psutil.NoSuchProcess):
+            if FORK_SERVER_MODULE not in server.cmdline():
+                continue
             for supervisor in server.children():
                 with contextlib.suppress(psutil.NoSuchProcess):
                     leftovers += supervisor.children(recursive=True)
