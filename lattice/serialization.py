@@ -5,6 +5,10 @@ a numpy array, a LangChain message, a dict with non-string keys, NaN) is replace
 smallest enclosing leaf, by ``{"__lattice_pickle__": "<base64 cloudpickle>"}``. A Python client
 decodes it back to the original object; other clients still see every JSON-native part.
 
+A task output an executor keeps where it was made (:class:`LargeValue`, e.g. a 50 MB array
+left in Ray's object store) is written as ``{"__lattice_ref__": {"bytes", "type"}}`` instead:
+clients fetch it on demand (``GET /runs/{run_id}/results/{task_id}/{key}``, see docs/api.md).
+
 Code and LangGraph arguments travel as base64 cloudpickle strings (spec/002 ``code_ser``,
 ``args``, ``kwargs``).
 """
@@ -15,6 +19,7 @@ import base64
 import binascii
 import math
 import pickletools
+from abc import ABC, abstractmethod
 from typing import Any
 
 import cloudpickle
@@ -22,6 +27,39 @@ import cloudpickle
 from lattice.exceptions import InvalidCodeError
 
 PICKLE_KEY = "__lattice_pickle__"
+REF_KEY = "__lattice_ref__"
+
+
+class LargeValue(ABC):
+    """A task output an executor keeps where it was made instead of copying it into messages.
+
+    Only top-level output values are ever large values (``result[key]`` of a ``finish_task``).
+    """
+
+    @abstractmethod
+    def load(self) -> Any:
+        """The value itself."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """What a client sees in its place: ``{"bytes": size, "type": "module.Class"}``."""
+
+
+class LargeValueLeaf(dict[str, Any]):
+    """The wire form of a :class:`LargeValue`: ``{"__lattice_ref__": describe()}``.
+
+    JSON-encodes as that plain dict; holding the value here ties its lifetime to the message
+    that carries it (a run's log keeps it until the run is retired).
+    """
+
+    def __init__(self, large: LargeValue) -> None:
+        super().__init__({REF_KEY: large.describe()})
+        self.large = large
+
+
+def is_ref_leaf(value: Any) -> bool:
+    """True for the wire form of a large value, as sent or as a client decoded it."""
+    return type(value) in (dict, LargeValueLeaf) and len(value) == 1 and REF_KEY in value
 
 
 def dumps_b64(obj: Any) -> str:
@@ -107,16 +145,25 @@ def encode_value(value: Any) -> Any:
     t = type(value)
     if t is list:
         return [encode_value(v) for v in value]
-    if t is dict and all(type(k) is str for k in value) and PICKLE_KEY not in value:
+    if t is dict and all(type(k) is str for k in value) and not _has_marker(value):
         return {k: encode_value(v) for k, v in value.items()}
     if t is SealedValue:
         # Already the task's pickle: pass it on unopened, the client opens it.
         return {PICKLE_KEY: base64.b64encode(value.data).decode("ascii")}
+    if isinstance(value, LargeValue):
+        return LargeValueLeaf(value)
     return {PICKLE_KEY: dumps_b64(value)}
 
 
+def _has_marker(value: dict[str, Any]) -> bool:
+    # A user's dict that looks like one of the wire's own leaves travels pickled instead, so
+    # that it can never be mistaken for one.
+    return PICKLE_KEY in value or REF_KEY in value
+
+
 def decode_value(value: Any) -> Any:
-    """Inverse of :func:`encode_value`."""
+    """Inverse of :func:`encode_value`. A large value's leaf stays a leaf (:func:`is_ref_leaf`):
+    only the client that holds a connection can fetch what it stands for."""
     t = type(value)
     if t is list:
         return [decode_value(v) for v in value]

@@ -39,6 +39,7 @@ def build_orchestrator(settings: ServerSettings, observer: EngineObserver) -> Or
         settings.executor,
         ray_address=settings.ray_address,
         ray_port=settings.ray_port,
+        ray_node_ports=settings.ray_node_ports,
         num_cpus=settings.num_cpus,
         sandbox=sandbox,
     )

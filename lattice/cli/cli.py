@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from lattice.config.settings import DEFAULT_PORT, DEFAULT_RAY_PORT, ServerSettings
 from lattice.exceptions import LatticeError
+from lattice.executor.ray_ports import NodePorts
 from lattice.executor.sandbox.policy import SandboxLevel, SandboxSpec
 
 log = logging.getLogger("lattice")
@@ -34,6 +35,7 @@ def _head_settings(args: argparse.Namespace) -> ServerSettings:
         executor=args.executor,
         ray_port=args.ray_port if args.executor == "ray" and not args.ray_address else None,
         ray_address=args.ray_address,
+        ray_node_ports=NodePorts.parse(args.ray_node_ports) if args.ray_node_ports else None,
         num_cpus=args.num_cpus,
         token=args.token or os.environ.get("LATTICE_TOKEN") or None,
         cors_origins=tuple(args.cors_origin or ()),
@@ -98,9 +100,17 @@ def _add_head_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--ray-address", help="join this existing Ray cluster instead of starting a Ray head"
     )
+    g.add_argument(
+        "--ray-node-ports",
+        metavar="LOW-HIGH",
+        help="port range for this node's Ray listeners, head or worker (node and object "
+        "manager, agents, worker processes; at least 26 ports; default: ports Ray picks)",
+    )
     g.add_argument("--num-cpus", type=float, help="CPUs this node offers (default: all cores)")
     g.add_argument(
-        "--token", help="shared secret every client and worker must present (or LATTICE_TOKEN)"
+        "--token",
+        help="shared secret every client and worker must present; a worker presents it to "
+        "its head (or LATTICE_TOKEN)",
     )
     g.add_argument(
         "--cors-origin", action="append", help="allowed browser origin (repeatable; default none)"
@@ -145,6 +155,17 @@ def _add_worker_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpu-mem", type=int, help="MB of memory per declared GPU")
     g.add_argument("--memory", type=int, help="MB of memory to declare (overrides detection)")
     g.add_argument("--node-ip", help="this node's address as the head should see it")
+    g.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="seconds running tasks get to finish when the worker stops (default 30)",
+    )
+    g.add_argument(
+        "--ray-temp-dir",
+        help="where this worker's Ray node keeps sockets and logs (default Ray's /tmp/ray; "
+        "workers started at once on one machine each need their own)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from lattice.exceptions import LatticeUsageError
+from lattice.executor.ray_ports import NodePorts
 from lattice.executor.sandbox.policy import SandboxSpec
 
 DEFAULT_PORT = 8000
@@ -33,6 +34,8 @@ class ServerSettings:
     ray_port: int | None = None
     #: join an existing Ray cluster instead of starting one
     ray_address: str | None = None
+    #: the port range of the Ray head's node listeners (None: ports Ray picks)
+    ray_node_ports: NodePorts | None = None
     num_cpus: float | None = None
     #: shared secret for every request; required when binding a non-loopback address
     token: str | None = None
@@ -58,3 +61,8 @@ class ServerSettings:
             )
         if self.max_attempts < 1:
             raise LatticeUsageError("max_attempts must be >= 1")
+        if self.ray_node_ports is not None and (self.executor != "ray" or self.ray_port is None):
+            raise LatticeUsageError(
+                "ray_node_ports (--ray-node-ports) applies to the Ray head this server starts "
+                "(--executor ray with --ray-port), not to --executor local or --ray-address"
+            )

@@ -7,6 +7,7 @@ from enum import Enum
 from lattice.exceptions import LatticeInputError, LatticeUsageError
 from lattice.executor.base import ExecutorBackend
 from lattice.executor.local_executor import LocalExecutor
+from lattice.executor.ray_ports import NodePorts
 from lattice.executor.sandbox.runner import SandboxRunner
 
 
@@ -20,14 +21,16 @@ def create_executor(
     *,
     ray_address: str | None = None,
     ray_port: int | None = None,
+    ray_node_ports: NodePorts | None = None,
     num_cpus: float | None = None,
     sandbox: SandboxRunner | None = None,
 ) -> ExecutorBackend:
     """Return an executor of ``executor_type``, not yet initialized.
 
     ``ray_address`` joins an existing Ray cluster; ``ray_port`` starts a Ray head other nodes
-    can join; neither starts a private local Ray. ``num_cpus`` sizes the Ray node this process
-    starts (the local executor's concurrency is bounded by the ResourceManager instead).
+    can join (its Ray node listening on ``ray_node_ports``, if given); neither starts a
+    private local Ray. ``num_cpus`` sizes the Ray node this process starts (the local
+    executor's concurrency is bounded by the ResourceManager instead).
 
     Raises:
         LatticeInputError: unknown ``executor_type``.
@@ -41,10 +44,22 @@ def create_executor(
             f"unknown executor type {executor_type!r}; allowed: {allowed}"
         ) from None
     if kind is ExecutorType.LOCAL:
-        if ray_address is not None or ray_port is not None:
-            raise LatticeUsageError("ray_address and ray_port only apply to the Ray executor")
+        if ray_address is not None or ray_port is not None or ray_node_ports is not None:
+            raise LatticeUsageError(
+                "ray_address, ray_port and ray_node_ports only apply to the Ray executor"
+            )
         return LocalExecutor(sandbox=sandbox)
     # Imported here so that Lattice without Ray works, and `import lattice` stays light.
     from lattice.executor.ray_executor import RayExecutor
 
-    return RayExecutor(address=ray_address, num_cpus=num_cpus, ray_port=ray_port, sandbox=sandbox)
+    if ray_node_ports is not None and ray_port is None:
+        raise LatticeUsageError(
+            "ray_node_ports applies to a Ray head this server starts (ray_port)"
+        )
+    return RayExecutor(
+        address=ray_address,
+        num_cpus=num_cpus,
+        ray_port=ray_port,
+        sandbox=sandbox,
+        node_ports=ray_node_ports,
+    )

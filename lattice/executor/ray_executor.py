@@ -1,13 +1,18 @@
-"""RayExecutor: every submission is one Ray task, pinned to the node the ResourceManager chose.
+"""RayExecutor: every submission runs on Ray, pinned to the node the ResourceManager chose.
 
 Ray is the transport and the process pool here, not the scheduler:
 
 * placement is Lattice's: a submission for a Ray node runs there (hard node affinity), one for
   the single-machine node id ``"local"`` runs wherever Ray likes;
+* light tasks (``cpu < 1``, no GPU, no sandbox: typically I/O-bound) run on threads of a
+  long-lived task host per node (:mod:`lattice.executor.ray_hosts`); every other task is one
+  Ray task in a worker process of its own;
 * GPUs are counted by Lattice: Ray sees ``num_gpus=0`` and the runner exports
   ``CUDA_VISIBLE_DEVICES`` from the GPUs the ResourceManager granted;
 * retries are the scheduler's: Ray never re-runs a task (``max_retries=0``); a task whose
-  worker or node died comes back as an outcome with ``lost=True``.
+  worker, host or node died comes back as an outcome with ``lost=True``;
+* large output values stay in Ray's object store between tasks
+  (:mod:`lattice.executor.ray_payload`).
 
 Completions arrive through ``ObjectRef.future()`` callbacks. Node membership is the one thing
 that is polled (see :meth:`RayExecutor.on_nodes_changed`).
@@ -19,9 +24,9 @@ import logging
 import os
 import string
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, wait
-from dataclasses import dataclass, replace
 from typing import Any
 
 from lattice.exceptions import (
@@ -38,7 +43,10 @@ from lattice.executor.base import (
     TaskSubmission,
 )
 from lattice.executor.local_executor import CANCELLED
-from lattice.executor.ray_node import START_TIMEOUT, NodePorts, RayHead, align_auth_mode
+from lattice.executor.ray_hosts import HostPool, is_light
+from lattice.executor.ray_node import START_TIMEOUT, RayHead, align_auth_mode
+from lattice.executor.ray_payload import CODE_INLINE_BYTES, pack, store_large_values, unpack
+from lattice.executor.ray_ports import NodePorts
 from lattice.executor.runner import execute
 from lattice.executor.sandbox.runner import SandboxRunner
 
@@ -60,86 +68,47 @@ logger = logging.getLogger(__name__)
 _NICENESS_ENV = "RAY_worker_niceness"
 
 
-# --- upstream object refs -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _RefSlot:
-    """Stands in an upstream dict for the ``index``-th object ref passed as a task argument."""
-
-    index: int
-
-
-def _detach_refs(sub: TaskSubmission) -> tuple[TaskSubmission, list[ray.ObjectRef[Any]]]:
-    """Move the ObjectRef values of ``upstream_inputs`` out into a list.
-
-    Ray resolves refs only when they are top-level task arguments; a ref inside the submission
-    would reach the task as a ref. So each one is passed beside the submission and the dict
-    keeps a :class:`_RefSlot` where it was.
-    """
-    refs: list[ray.ObjectRef[Any]] = []
-
-    def detach(inputs: Any) -> Any:
-        if not isinstance(inputs, dict):
-            return inputs
-        out = {}
-        for name, value in inputs.items():
-            if isinstance(value, ray.ObjectRef):
-                out[name] = _RefSlot(len(refs))
-                refs.append(value)
-            else:
-                out[name] = value
-        return out
-
-    upstream = sub.upstream_inputs
-    detached = [detach(d) for d in upstream] if isinstance(upstream, list) else detach(upstream)
-    if not refs:
-        return sub, refs
-    return replace(sub, upstream_inputs=detached), refs
-
-
-def _attach_refs(upstream: Any, values: tuple[Any, ...]) -> Any:
-    def attach(inputs: Any) -> Any:
-        if not isinstance(inputs, dict):
-            return inputs
-        return {k: values[v.index] if isinstance(v, _RefSlot) else v for k, v in inputs.items()}
-
-    return [attach(d) for d in upstream] if isinstance(upstream, list) else attach(upstream)
+#: how many ``.options(...)`` variants of the remote function, and how many functions' code
+#: refs, are kept for reuse
+_CACHE_SIZE = 512
 
 
 # --- what runs inside the Ray worker --------------------------------------------------------
 
 
-def _run_in_worker(
-    sub: TaskSubmission, sandbox: SandboxRunner | None, *ref_values: Any
-) -> TaskOutcome:
-    if ref_values:
-        sub = replace(sub, upstream_inputs=_attach_refs(sub.upstream_inputs, ref_values))
+def _run_in_worker(*args: Any) -> TaskOutcome:
+    """Run ``(payload, upstream, code, sandbox, *ref_values)`` (see ray_payload.pack).
+
+    One variadic parameter on purpose: Ray binds the arguments of every call to the
+    function's signature before it submits the task, and that costs least for ``*args``.
+    """
+    payload, upstream, code, sandbox, *ref_values = args
+    sub = unpack(payload, upstream, code, tuple(ref_values))
     if sandbox is not None:
         return sandbox.run(sub)
     return execute(sub, set_gpu_env=True)
 
 
-def _run_in_fresh_worker(
-    sub: TaskSubmission, sandbox: SandboxRunner | None, *ref_values: Any
-) -> TaskOutcome:
+def _run_in_fresh_worker(*args: Any) -> TaskOutcome:
     # Its own function (not an alias) so that Ray registers it with max_calls=1: CUDA reads
     # CUDA_VISIBLE_DEVICES once per process, so a GPU task must not inherit a worker whose CUDA
     # was set up for other GPUs. Ray does the same for its own num_gpus > 0 tasks.
-    return _run_in_worker(sub, sandbox, *ref_values)
+    return _run_in_worker(*args)
 
 
 # --- results --------------------------------------------------------------------------------
 
 
-def _outcome_of(future: Future[Any], task: str, where: str, cancelled: bool) -> TaskOutcome:
+def _outcome_of(
+    future: Future[Any], task: str, where: str, cancelled: bool, on_host: bool
+) -> TaskOutcome:
     """Translate a finished Ray future into the outcome the scheduler understands.
 
     ``cancelled``: Lattice asked to cancel the task, so a killed worker means cancelled.
     """
     exc = future.exception(timeout=0)
     if exc is not None:
-        return _failure(exc, task, where, cancelled)
+        return _failure(exc, task, where, cancelled, on_host)
     value = future.result(timeout=0)
     if not isinstance(value, TaskOutcome):
         message = f"task {task} returned {type(value).__name__}, not an outcome"
@@ -147,7 +116,9 @@ def _outcome_of(future: Future[Any], task: str, where: str, cancelled: bool) -> 
     return value
 
 
-def _failure(exc: BaseException, task: str, where: str, cancelled: bool) -> TaskOutcome:
+def _failure(
+    exc: BaseException, task: str, where: str, cancelled: bool, on_host: bool
+) -> TaskOutcome:
     errors = ray.exceptions
     if isinstance(exc, errors.TaskCancelledError):
         return TaskOutcome(error=CANCELLED)
@@ -169,57 +140,90 @@ def _failure(exc: BaseException, task: str, where: str, cancelled: bool) -> Task
         # cancel() escalated to killing the worker: that death is the cancellation.
         return TaskOutcome(error=CANCELLED)
     if isinstance(exc, errors.RayError):
-        return _lost(exc, task, where)
+        return _lost(exc, task, where, on_host)
     logger.error("unexpected error from Ray for task %s", task, exc_info=exc)
     return TaskOutcome(error=TaskErrorInfo.framework(type(exc).__name__, str(exc)))
 
 
-def _lost(exc: BaseException, task: str, where: str) -> TaskOutcome:
+def _lost(exc: BaseException, task: str, where: str, on_host: bool = False) -> TaskOutcome:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
-    message = f"task {task} was lost on {where}: {type(exc).__name__}: {reason}"
+    if on_host and isinstance(exc, ray.exceptions.RayActorError):
+        # The task host is the worker process of its light tasks: its death is theirs.
+        reason = f"its task host process died ({type(exc).__name__}: {reason})"
+        message = f"task {task} was lost on {where}: WorkerCrashedError: {reason}"
+    else:
+        message = f"task {task} was lost on {where}: {type(exc).__name__}: {reason}"
     return TaskOutcome(error=TaskErrorInfo.framework("WorkerLostError", message), lost=True)
 
 
 class _RayHandle(TaskHandle):
-    def __init__(self, task_key: str, ref: ray.ObjectRef[Any], task: str, where: str) -> None:
-        super().__init__(task_key)
+    """One submission on Ray. Its outcome is settled once: when Ray reports the task over, or
+    when the executor stops waiting for a cancelled task that cannot be stopped (abandon)."""
+
+    def __init__(
+        self,
+        sub: TaskSubmission,
+        ref: ray.ObjectRef[Any],
+        where: str,
+        host: Any = None,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(sub.task_key)
         self.ref = ref
-        # One future per handle: each ref.future() call registers its own fetch with Ray.
-        self._future: Future[Any] = ref.future()
-        self._task = task
-        self._where = where
-        self._lock = threading.Lock()
-        self._outcome: TaskOutcome | None = None
+        #: the task host running it, for light tasks (see ray_hosts)
+        self.host = host
         #: set by RayExecutor.cancel before it asks Ray to stop the task
         self.cancel_requested = False
+        self._task = f"{sub.task_name} ({sub.task_key})"
+        self._kind = sub.kind
+        self._where = where
+        self._on_lost = on_lost
+        self._lock = threading.Lock()
+        self._settled = False
+        self._outcome: Future[TaskOutcome] = Future()
+        # One future per handle: each ref.future() call registers its own fetch with Ray.
+        self._ray_future: Future[Any] = ref.future()
+        self._ray_future.add_done_callback(self._ray_done)
 
-    def _settle(self) -> TaskOutcome:
+    def _ray_done(self, future: Future[Any]) -> None:
+        outcome = _outcome_of(
+            future, self._task, self._where, self.cancel_requested, self.host is not None
+        )
+        if outcome.lost and self._on_lost is not None:
+            self._on_lost()
+        # Large output values stay where they are: see ray_payload.
+        self._settle(store_large_values(outcome, self.ref, self._kind))
+
+    def abandon(self) -> None:
+        """Report the task cancelled now; whatever it returns later is discarded."""
+        self._settle(TaskOutcome(error=CANCELLED))
+
+    def _settle(self, outcome: TaskOutcome) -> None:
         with self._lock:
-            if self._outcome is None:
-                self._outcome = _outcome_of(
-                    self._future, self._task, self._where, self.cancel_requested
-                )
-            return self._outcome
+            if self._settled:
+                return  # abandoned first: this is the discarded late result
+            self._settled = True
+        self._outcome.set_result(outcome)
 
     def on_ray_done(self, fn: Callable[[], None]) -> None:
-        """Call ``fn()`` when Ray reports the task over, without settling its outcome."""
-        self._future.add_done_callback(lambda _f: fn())
+        """Call ``fn()`` when Ray reports the task over, without waiting for its outcome."""
+        self._ray_future.add_done_callback(lambda _f: fn())
 
     def add_done_callback(self, fn: DoneCallback) -> None:
         """Call ``fn(outcome)`` once the task ends; at once if it already has.
 
         Otherwise ``fn`` runs on a Ray-owned thread, so it must be quick (post a message).
         """
-        self._future.add_done_callback(lambda _f: fn(self._settle()))
+        self._outcome.add_done_callback(lambda f: fn(f.result()))
 
     def done(self) -> bool:
-        return self._future.done()
+        return self._outcome.done()
 
     def result(self, timeout: float | None = None) -> TaskOutcome:
-        done, _ = wait([self._future], timeout)
+        done, _ = wait([self._outcome], timeout)
         if not done:
             raise TimeoutError(f"task {self.task_key} not done after {timeout}s")
-        return self._settle()
+        return self._outcome.result()
 
 
 # --- the executor ---------------------------------------------------------------------------
@@ -240,6 +244,10 @@ def _alive_ids(nodes: list[dict[str, Any]]) -> set[str]:
     return {str(n["NodeID"]) for n in nodes if n.get("Alive")}
 
 
+def _affinity(node_id: str) -> NodeAffinitySchedulingStrategy:
+    return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+
+
 class RayExecutor(ExecutorBackend):
     """Runs submissions as Ray tasks on a local Ray, a head it starts, or a cluster it joins.
 
@@ -251,11 +259,12 @@ class RayExecutor(ExecutorBackend):
         sandbox: isolates the submissions it applies to, inside the Ray worker.
         namespace: Ray namespace of the driver.
         node_ports: with ``ray_port``, the port range the head's Ray node listens on (node
-            manager, object manager, workers; see :class:`~lattice.executor.ray_node.NodePorts`),
+            manager, object manager, workers; see :class:`~lattice.executor.ray_ports.NodePorts`),
             so that a firewall can open exactly it. Default: ports Ray picks.
         heartbeat_interval: seconds between two checks of cluster membership.
         cancel_grace: seconds a cancelled task has to stop by itself before its worker is
-            killed (see :meth:`cancel`).
+            killed, or (a light task on a task host) before it is reported cancelled (see
+            :meth:`cancel`).
 
     Raises:
         LatticeUsageError: both ``address`` and ``ray_port`` were given.
@@ -297,6 +306,13 @@ class RayExecutor(ExecutorBackend):
         self._head: RayHead | None = None
         self._remote: Any = None
         self._remote_fresh: Any = None
+        self._hosts: HostPool | None = None
+        #: nodes last seen alive: task hosts are only placed on these
+        self._alive: frozenset[str] = frozenset()
+        #: submit() state, reused across submissions (see _task_options, _code_arg)
+        self._submit_lock = threading.Lock()
+        self._options: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._code_refs: OrderedDict[str, ray.ObjectRef[Any]] = OrderedDict()
         self._callbacks: list[Callable[[], None]] = []
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -327,7 +343,9 @@ class RayExecutor(ExecutorBackend):
                 self._connect()
             self._remote = ray.remote(max_retries=0)(_run_in_worker)
             self._remote_fresh = ray.remote(max_retries=0, max_calls=1)(_run_in_fresh_worker)
+            self._hosts = HostPool()
             alive = _alive_ids(ray.nodes())
+            self._alive = frozenset(alive)
             self._stop.clear()
             self._heartbeat = threading.Thread(
                 target=self._watch_nodes, args=(alive,), name="lattice-ray-heartbeat", daemon=True
@@ -389,8 +407,14 @@ class RayExecutor(ExecutorBackend):
             heartbeat, self._heartbeat = self._heartbeat, None
             owns, self._owns_connection = self._owns_connection, False
             head, self._head = self._head, None
+            hosts, self._hosts = self._hosts, None
         if heartbeat is not None and heartbeat is not threading.current_thread():
             heartbeat.join(timeout=30)
+        if hosts is not None:
+            hosts.close()
+        with self._submit_lock:
+            self._options.clear()
+            self._code_refs.clear()
         if owns:
             ray.shutdown()
         if head is not None:
@@ -416,7 +440,9 @@ class RayExecutor(ExecutorBackend):
     def alive_node_ids(self) -> set[str]:
         """Ids of the nodes Ray counts alive. Raises LatticeWorldError like cluster_nodes."""
         self._require_initialized()
-        return _alive_ids(_ray_nodes())
+        alive = _alive_ids(_ray_nodes())
+        self._alive = frozenset(alive)
+        return alive
 
     def on_nodes_changed(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` on the heartbeat thread whenever the set of alive nodes changes.
@@ -445,6 +471,7 @@ class RayExecutor(ExecutorBackend):
                 continue
             logger.info("Ray nodes changed: +%s -%s", sorted(now - alive), sorted(alive - now))
             alive = now
+            self._alive = frozenset(now)
             with self._lock:
                 callbacks = list(self._callbacks)
             for callback in callbacks:
@@ -456,43 +483,102 @@ class RayExecutor(ExecutorBackend):
     # --- tasks -------------------------------------------------------------------------------
 
     def submit(self, submission: TaskSubmission) -> TaskHandle:
-        """Start ``submission`` as a Ray task on its node; the handle reports its outcome.
+        """Start ``submission`` on its node; the handle reports its outcome.
+
+        A light task (see :func:`~lattice.executor.ray_hosts.is_light`) runs on a thread of
+        its node's task host, created on first use; only on a node seen alive, so that one
+        pinned to a node that is gone comes back lost as a plain task does. Every other task
+        is a Ray task of its own.
 
         Raises:
             LatticeUsageError: the executor is not initialized.
         """
         self._require_initialized()
+        hosts = self._hosts
+        assert hosts is not None
         node = submission.node
-        options: dict[str, Any] = {
-            "num_cpus": submission.requirements.cpu,
-            "num_gpus": 0,
-            "name": submission.task_name,
-        }
-        if submission.requirements.memory_bytes:
-            options["memory"] = submission.requirements.memory_bytes
-        if _is_ray_node_id(node.node_id):
-            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
-                node_id=node.node_id, soft=False
-            )
-            where = f"node {node.node_id} ({node.node_ip})"
-        else:
-            where = f"node {node.node_id!r} ({node.node_ip})"
+        pinned = _is_ray_node_id(node.node_id)
+        where = (
+            f"node {node.node_id} ({node.node_ip})"
+            if pinned
+            else f"node {node.node_id!r} ({node.node_ip})"
+        )
         sandbox = self._sandbox
         if sandbox is not None and not sandbox.applies(submission):
             sandbox = None
-        remote = self._remote_fresh if node.gpu_ids else self._remote
-        sent, refs = _detach_refs(submission)
-        ref = remote.options(**options).remote(sent, sandbox, *refs)
-        task = f"{submission.task_name} ({submission.task_key})"
-        return _RayHandle(submission.task_key, ref, task, where)
+        code = self._code_arg(submission)
+        packed = pack(submission, drop_code=code is not None)
+        if is_light(submission, sandbox is not None) and (
+            not pinned or node.node_id in self._alive
+        ):
+            host = hosts.get(node.node_id, _affinity(node.node_id) if pinned else None)
+            ref = host.run.remote(packed.payload, packed.upstream, code, *packed.refs)
+            return _RayHandle(
+                submission, ref, where, host, lambda: hosts.forget(node.node_id, host)
+            )
+        remote = self._task_options(submission, pinned)
+        ref = remote.remote(packed.payload, packed.upstream, code, sandbox, *packed.refs)
+        return _RayHandle(submission, ref, where)
+
+    def _task_options(self, sub: TaskSubmission, pinned: bool) -> Any:
+        """The remote function with this submission's options. ``.options()`` builds a new
+        wrapper (and validates every option) on each call, so the wrappers are kept by what
+        they depend on; a node affinity strategy is part of them."""
+        fresh = bool(sub.node.gpu_ids)
+        req = sub.requirements
+        key = (
+            fresh,
+            req.cpu,
+            req.memory_bytes,
+            sub.node.node_id if pinned else None,
+            sub.task_name,
+        )
+        with self._submit_lock:
+            remote = self._options.get(key)
+            if remote is not None:
+                self._options.move_to_end(key)
+                return remote
+        options: dict[str, Any] = {"num_cpus": req.cpu, "num_gpus": 0, "name": sub.task_name}
+        if req.memory_bytes:
+            options["memory"] = req.memory_bytes
+        if pinned:
+            options["scheduling_strategy"] = _affinity(sub.node.node_id)
+        remote = (self._remote_fresh if fresh else self._remote).options(**options)
+        with self._submit_lock:
+            self._options[key] = remote
+            if len(self._options) > _CACHE_SIZE:
+                self._options.popitem(last=False)
+        return remote
+
+    def _code_arg(self, sub: TaskSubmission) -> ray.ObjectRef[Any] | None:
+        """For a large function, a ref to its code, put in the object store once; else None
+        (the code travels inside the payload, which costs less than resolving a ref)."""
+        if len(sub.code) <= CODE_INLINE_BYTES:
+            return None
+        with self._submit_lock:
+            ref = self._code_refs.get(sub.code_id)
+            if ref is not None:
+                self._code_refs.move_to_end(sub.code_id)
+                return ref
+        ref = ray.put(sub.code)
+        with self._submit_lock:
+            self._code_refs[sub.code_id] = ref
+            if len(self._code_refs) > _CACHE_SIZE:
+                # Tasks already submitted hold their own reference to the evicted code.
+                self._code_refs.popitem(last=False)
+        return ref
 
     def cancel(self, handle: TaskHandle) -> bool:
-        """Stop the task: dequeue it, or interrupt it, or after ``cancel_grace`` kill its worker.
+        """Stop the task: dequeue it, or interrupt it, or after ``cancel_grace`` end it.
 
-        Ray's gentle cancel raises KeyboardInterrupt in the task, but only when the task next
-        runs Python bytecode: a task blocked in a sleep, a socket read or C code would not see
-        it until that call returns. So if the task is still running ``cancel_grace`` seconds
-        later, its worker process is killed (the process runs this one task only).
+        A task not yet started is dequeued. A running task is interrupted: Ray raises
+        KeyboardInterrupt in a task's process; a light task's thread on a task host gets
+        TaskInterrupted (see :mod:`~lattice.executor.ray_hosts`). Either is seen only when the
+        task next runs Python bytecode: a task blocked in a sleep, a socket read or C code
+        would not see it until that call returns. So if the task is still running
+        ``cancel_grace`` seconds later, its worker process is killed (the process runs this one
+        task only); a thread cannot be killed, so a light task is then reported cancelled and
+        its eventual result discarded.
 
         Returns False if the task had already finished; otherwise True, and the handle's
         callbacks then receive a ``TaskCancelledError`` outcome (or the task's own outcome, if
@@ -504,7 +590,15 @@ class RayExecutor(ExecutorBackend):
             return False
         handle.cancel_requested = True
         ray.cancel(handle.ref, force=False)
-        timer = threading.Timer(self._cancel_grace, self._force_cancel, args=(handle,))
+        after_grace: Callable[[], None]
+        if handle.host is not None:
+            # The interrupt's own result is read (and dropped) so that Ray does not report
+            # it as an unhandled error if the host died meanwhile.
+            handle.host.interrupt.remote(handle.task_key).future()
+            after_grace = handle.abandon
+        else:
+            after_grace = lambda: self._force_cancel(handle)  # noqa: E731
+        timer = threading.Timer(self._cancel_grace, after_grace)
         timer.daemon = True
         handle.on_ray_done(timer.cancel)
         timer.start()

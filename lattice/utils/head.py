@@ -50,6 +50,11 @@ class LocalHead:
         self.output: list[str] = []
         self._ready = threading.Event()
 
+    @property
+    def pid(self) -> int | None:
+        """The head process's id while it runs (for tools that watch its memory), else None."""
+        return self._proc.pid if self._proc is not None else None
+
     def start(self) -> LocalHead:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self._proc = subprocess.Popen(

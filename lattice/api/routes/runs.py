@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from typing import Any
+
+import cloudpickle
 from fastapi import APIRouter, Request, Response
 
 from lattice.api.deps import Orch
 from lattice.api.models.schemas import HealthResponse, RunStatusResponse, StatusResponse
-from lattice.exceptions import LatticeUsageError, NotFoundError
+from lattice.core.orchestrator import events as ev
+from lattice.exceptions import LatticeInputError, LatticeUsageError, NotFoundError
+from lattice.serialization import LargeValueLeaf, SealedValue, encode_value
 
 router = APIRouter(tags=["runs"])
 
@@ -26,6 +33,54 @@ async def get_run_events(run_id: str, orch: Orch, from_seq: int = 0) -> dict[str
         "finished": run_log.closed,
         "events": [e.to_message() for e in run_log.events(from_seq)],
     }
+
+
+@router.get("/runs/{run_id}/results/{task_id}/{key}")
+async def get_result_value(
+    run_id: str, task_id: str, key: str, orch: Orch, format: str = "json"
+) -> Response:
+    """Output ``key`` of a finished task, in full: what a ``{"__lattice_ref__": ...}`` leaf in
+    its ``finish_task`` stands for (any other output is served too).
+
+    ``format=json`` (default): ``{"status": "success", "value": <wire value>}``.
+    ``format=pickle``: the value cloudpickled (``application/octet-stream``), for Python
+    clients; large values only.
+    """
+    if format not in ("json", "pickle"):
+        raise LatticeInputError(f"format must be 'json' or 'pickle', got {format!r}")
+    value = _finished_output(orch.get_run_log(run_id), task_id, key)
+    if format == "pickle" and not isinstance(value, LargeValueLeaf):
+        raise LatticeInputError(
+            f"output {key!r} of task {task_id} is not a large value: format=pickle serves only "
+            "those; format=json serves any output"
+        )
+    # Encoding a large value takes a while: off the event loop.
+    body, media_type = await asyncio.to_thread(_render, value, format)
+    return Response(body, media_type=media_type)
+
+
+def _finished_output(run_log: ev.RunLog, task_id: str, key: str) -> Any:
+    for event in reversed(run_log.events()):
+        if event.type == ev.FINISH_TASK and event.data.get("task_id") == task_id:
+            result = event.data.get("result")
+            if not isinstance(result, dict) or key not in result:
+                keys = sorted(result) if isinstance(result, dict) else []
+                raise NotFoundError(f"task {task_id} has no output {key!r} (its outputs: {keys})")
+            return result[key]
+    if task_id not in run_log.task_ids:
+        raise NotFoundError(f"run {run_log.run_id} has no task {task_id}")
+    raise LatticeUsageError(f"task {task_id} of run {run_log.run_id} has not finished successfully")
+
+
+def _render(value: Any, format: str) -> tuple[bytes, str]:
+    if format == "pickle":
+        assert isinstance(value, LargeValueLeaf)
+        raw = value.large.load()
+        # A sandboxed task's value is already its pickle, opened only by the client.
+        data = raw.data if type(raw) is SealedValue else cloudpickle.dumps(raw)
+        return data, "application/octet-stream"
+    wire = encode_value(value.large.load()) if isinstance(value, LargeValueLeaf) else value
+    return json.dumps({"status": "success", "value": wire}).encode(), "application/json"
 
 
 @router.post("/runs/{run_id}/cancel", response_model=StatusResponse)

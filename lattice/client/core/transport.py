@@ -48,6 +48,25 @@ class Transport:
     def get(self, path: str, timeout: float | None = None) -> dict[str, Any]:
         return self._request("GET", path, None, timeout)
 
+    def get_bytes(self, path: str, timeout: float | None = None) -> bytes:
+        """GET a binary body (e.g. a pickled large value); errors as for :meth:`get`."""
+        url = f"{self.server_url}{path}"
+        try:
+            response = self._http.get(
+                path, timeout=timeout if timeout is not None else self.timeout
+            )
+        except httpx.TimeoutException as exc:
+            raise LatticeTimeoutError(f"GET {url} timed out: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise LatticeConnectionError(f"cannot reach Lattice server at {url}: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                payload: Any = response.json()
+            except ValueError:
+                payload = {"detail": response.text}
+            raise _error_for("GET", url, response.status_code, payload)
+        return response.content
+
     def delete(self, path: str) -> dict[str, Any]:
         return self._request("DELETE", path, None, None)
 
@@ -84,7 +103,14 @@ class Transport:
         url = urlunsplit((scheme, parts.netloc, parts.path + path, "", ""))
         try:
             ws = connect(
-                url, additional_headers=self._headers, open_timeout=self.timeout, max_size=None
+                url,
+                additional_headers=self._headers,
+                open_timeout=self.timeout,
+                max_size=None,
+                # Run events are small and the link is usually a LAN or loopback: deflating
+                # every message cost the head more CPU than sending it (large values go by
+                # reference, see results.py).
+                compression=None,
             )
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             raise LatticeConnectionError(f"cannot open WebSocket {url}: {exc}") from exc

@@ -8,6 +8,7 @@ from typing import Any
 from lattice.client.core.code import serialize_function
 from lattice.client.core.decorator import TaskFunction
 from lattice.client.core.models import LatticeTask, RunOutputs, TaskOutput
+from lattice.client.core.results import resolve_message, resolver
 from lattice.client.core.transport import Transport
 from lattice.exceptions import (
     LatticeError,
@@ -159,7 +160,15 @@ class LatticeWorkflow:
     def stream(
         self, run_id: str, timeout: float | None = None, from_seq: int = 0
     ) -> Iterator[dict[str, Any]]:
-        """Yield the run's messages (spec/002 §5.5) as they happen, results decoded."""
+        """Yield the run's messages (spec/002 §5.5) as they happen, results decoded; a large
+        output value (see docs/api.md) is fetched as its ``finish_task`` arrives."""
+        resolve = resolver(self._transport, run_id)
+        for message in self._messages(run_id, timeout, from_seq):
+            yield resolve_message(resolve, message)
+
+    def _messages(
+        self, run_id: str, timeout: float | None, from_seq: int = 0
+    ) -> Iterator[dict[str, Any]]:
         path = f"/get_workflow_res/{self.workflow_id}/{run_id}?from_seq={from_seq}"
         for message in self._transport.stream(path, timeout=timeout):
             yield decode_message(message)
@@ -178,11 +187,12 @@ class LatticeWorkflow:
 
     def get_outputs(self, run_id: str, timeout: float | None = None) -> RunOutputs:
         """Each task's outputs once the run ends. Raises TaskFailedError (with the remote
-        traceback) for the first task that failed, RunCancelledError if it was cancelled."""
-        outputs = RunOutputs()
+        traceback) for the first task that failed, RunCancelledError if it was cancelled.
+        A large output value is fetched when its task's outputs are first read."""
+        outputs = RunOutputs(resolver(self._transport, run_id))
         failure: tuple[str, dict[str, Any]] | None = None
         final: dict[str, Any] = {}
-        for message in self.stream(run_id, timeout=timeout):
+        for message in self._messages(run_id, timeout):
             data = message["data"]
             if message["type"] == "finish_task":
                 outputs[data["task_id"]] = data["result"]

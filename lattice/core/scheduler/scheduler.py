@@ -38,7 +38,12 @@ from lattice.core.scheduler.messages import (
 )
 from lattice.core.scheduler.pending import PendingItem, PendingQueue, Shape
 from lattice.core.scheduler.submission import build_submission, encode_outcome, split_outcome
-from lattice.exceptions import InvalidReferenceError, NodeNotFoundError, TaskErrorInfo
+from lattice.exceptions import (
+    InvalidReferenceError,
+    LatticeWorldError,
+    NodeNotFoundError,
+    TaskErrorInfo,
+)
 from lattice.executor.base import ExecutorBackend, TaskHandle, TaskKind, TaskOutcome
 
 log = logging.getLogger(__name__)
@@ -184,6 +189,10 @@ class Scheduler:
                 self._rm.release_task_resources(node.node_id, item.requirements, node.gpu_ids)
                 return
         key = item.tasks[0].key if not item.batched else f"batch/{uuid.uuid4().hex}"
+        if item.tasks[0].attempts:
+            # A re-dispatch gets a key of its own: a late report of the lost attempt (its node
+            # was given up, see _lose_tasks_on) then finds nothing running under its key.
+            key = f"{key}#{item.tasks[0].attempts + 1}"
         try:
             submission = build_submission(key, item, node, self._runtime)
         except InvalidReferenceError as exc:
@@ -259,6 +268,14 @@ class Scheduler:
                 self._report_cancelled(task, node.node_id)
         if not live:
             return
+        if outcome.lost:
+            # Ray reports a task lost with its node (NodeDiedError) about when its GCS declares
+            # the node dead, up to a heartbeat before this scheduler hears of it. Look now, so
+            # that the task is not placed on the dead node again (and lost once more).
+            try:
+                self._refresh_nodes()
+            except LatticeWorldError:
+                log.warning("cannot read cluster membership; the heartbeat will", exc_info=True)
         if outcome.lost and all(t.attempts < self._max_attempts for t in live):
             log.warning("task %s lost with its node %s; dispatching again", data.key, node.node_id)
             for task in live:
@@ -350,6 +367,19 @@ class Scheduler:
     def _add_worker(self, message: Message) -> None:
         assert isinstance(message.data, StartWorkerData)
         data = message.data
+        try:
+            alive = self._executor.alive_node_ids()
+        except LatticeWorldError:
+            log.warning("cannot check that worker %s is in the cluster", data.node_id)
+            alive = None
+        if alive is not None and data.node_id not in alive:
+            # Tasks pinned to a node the cluster does not have would only come back lost.
+            log.error(
+                "worker %s (%s) registered, but the cluster has no such alive node; ignored",
+                data.node_id,
+                data.node_ip,
+            )
+            return
         self._rm.add_node(data.node_id, data.node_ip, data.resources)
         self._gauges_dirty = True
 
@@ -363,6 +393,10 @@ class Scheduler:
         self._gauges_dirty = True
 
     def _check_nodes(self, message: Message) -> None:
+        self._refresh_nodes()
+
+    def _refresh_nodes(self) -> None:
+        """Align the ResourceManager with the cluster: count new nodes, mark missing ones dead."""
         alive = self._executor.alive_node_ids()
         if alive is None:
             return
@@ -373,7 +407,30 @@ class Scheduler:
             self._rm.initialize_with_ray(new)
         for node_id in self._rm.check_node_health(alive):
             log.warning("node %s is dead; its tasks will be dispatched again", node_id)
+            self._lose_tasks_on(node_id)
         self._gauges_dirty = True
+
+    def _lose_tasks_on(self, node_id: str) -> None:
+        """Report every task still running on dead ``node_id`` lost, without waiting for Ray.
+
+        Ray fails a task with its node when the node's processes die, but one cut off from
+        the network keeps its tasks' calls open: Ray would report them never, or much later.
+        Whatever it reports later for these keys is ignored (their entries are gone).
+        """
+        stranded = [
+            (key, running)
+            for key, running in self._running.items()
+            if running.node.node_id == node_id
+        ]
+        for key, running in stranded:
+            message = (
+                f"task {key} was lost on node {node_id} ({running.node.node_ip}): "
+                "the node left the cluster"
+            )
+            outcome = TaskOutcome(
+                error=TaskErrorInfo.framework("WorkerLostError", message), lost=True
+            )
+            self._on_task_done(Message(MessageType.TASK_DONE, TaskDoneData(key, outcome)))
 
     def _shutdown(self, message: Message) -> None:
         self._stopping = True

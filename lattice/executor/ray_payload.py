@@ -1,0 +1,208 @@
+"""What travels to a Ray worker for one submission, and large results that stay in Ray.
+
+A submission crosses to the worker as three parts, each the cheapest form for what it holds:
+
+* ``payload``: the submission without its upstream inputs, pickled by the standard library
+  (every part of it is Lattice's own type or plain data; Ray then ships bytes as they are,
+  without running its own cloudpickle over a dataclass tree on every submit);
+* ``upstream``: the raw outputs of earlier tasks (any Python object; Ray serializes them);
+* object refs, as top-level arguments, because Ray resolves only those: refs an earlier task
+  left in upstream inputs, and :class:`StoredValue` outputs (see below).
+
+Large results. The head owns the object that holds each task's outcome (it submitted the task).
+When an output value is large (:func:`is_large`), the head does not copy it into the next
+task's arguments: it keeps a :class:`StoredValue` (the outcome's ref, the value's place in it,
+and the head's zero-copy view of it) as the task's raw result. A dependant receives the ref as
+an argument, so Ray hands it the value straight from the object store; and a client that
+reads the run gets a reference leaf instead of the bytes, fetching the value on demand.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, replace
+from typing import Any
+
+import cloudpickle
+import ray
+
+from lattice.executor.base import TaskKind, TaskOutcome, TaskSubmission
+from lattice.serialization import LargeValue, SealedValue
+
+#: an output value larger than this (bytes) stays in the object store between tasks
+LARGE_VALUE_BYTES = 1024 * 1024
+#: code larger than this goes to the object store once per function instead of with every
+#: submission; Ray itself puts any argument above 100 KiB into the object store on each call
+CODE_INLINE_BYTES = 100 * 1024
+
+
+def value_size(value: Any) -> int | None:
+    """Bytes of an array-like, bytes-like or str value, read without serializing it; None
+    for anything else (which is then passed by value, as small values are)."""
+    if isinstance(value, bytes | bytearray | str):
+        return len(value)
+    if type(value) is SealedValue:  # a sandboxed task's value, still its pickle
+        return len(value.data)
+    nbytes = getattr(type(value), "nbytes", None)
+    if nbytes is None:
+        return None
+    size = getattr(value, "nbytes", None)  # numpy, torch, pyarrow, memoryview, pandas Series
+    return size if isinstance(size, int) else None
+
+
+def is_large(value: Any) -> bool:
+    size = value_size(value)
+    return size is not None and size > LARGE_VALUE_BYTES
+
+
+class StoredValue(LargeValue):
+    """An output value left inside its task's outcome object in Ray's object store.
+
+    ``path`` is its place in ``outcome.value`` (``(key,)``, or ``(index, key)`` in a batch).
+    ``value`` is the head's own view of it (zero-copy for arrays on the head's node): it keeps
+    a copy on the head's node, so the value outlives the node that made it, and it is what a
+    client gets when it fetches the value.
+    """
+
+    __slots__ = ("nbytes", "path", "ref", "value")
+
+    def __init__(self, ref: ray.ObjectRef[Any], path: tuple[Any, ...], value: Any) -> None:
+        self.ref = ref
+        self.path = path
+        self.value = value
+        self.nbytes = value_size(value) or 0
+
+    def load(self) -> Any:
+        return self.value
+
+    def describe(self) -> dict[str, Any]:
+        t = type(self.value)
+        return {"bytes": self.nbytes, "type": f"{t.__module__}.{t.__qualname__}"}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Anything that pickles a stored value (rather than passing its ref) gets the value.
+        return (_identity, (self.value,))
+
+    def __repr__(self) -> str:
+        return f"<StoredValue {self.describe()['type']} {self.nbytes} bytes at {self.path}>"
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def store_large_values(
+    outcome: TaskOutcome, ref: ray.ObjectRef[Any], kind: TaskKind
+) -> TaskOutcome:
+    """Replace the large top-level output values of a successful CODE or BATCH outcome with
+    :class:`StoredValue` (head side). LangGraph results only ever go to the caller: unchanged."""
+    if not outcome.ok or kind is TaskKind.LANGGRAPH:
+        return outcome
+    value = outcome.value
+    if kind is TaskKind.CODE:
+        stored = _store_dict(value, ref, ())
+        return outcome if stored is value else replace(outcome, value=stored)
+    if not isinstance(value, list):
+        return outcome
+    items = [_store_dict(v, ref, (i,)) for i, v in enumerate(value)]
+    if all(a is b for a, b in zip(items, value, strict=True)):
+        return outcome
+    return replace(outcome, value=items)
+
+
+def _store_dict(outputs: Any, ref: ray.ObjectRef[Any], prefix: tuple[Any, ...]) -> Any:
+    if not isinstance(outputs, dict) or not any(is_large(v) for v in outputs.values()):
+        return outputs
+    return {k: StoredValue(ref, (*prefix, k), v) if is_large(v) else v for k, v in outputs.items()}
+
+
+# --- packing a submission -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RefSlot:
+    """Stands in an upstream dict for the ``index``-th object ref passed as an argument.
+
+    With ``path``, the ref is an earlier task's outcome and the value sits at ``path`` in its
+    ``outcome.value`` (a :class:`StoredValue`).
+    """
+
+    index: int
+    path: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Packed:
+    payload: bytes
+    upstream: Any
+    refs: list[Any]
+
+
+def pack(sub: TaskSubmission, drop_code: bool = False) -> Packed:
+    """Split ``sub`` into what travels to the worker (see the module docstring).
+
+    ``drop_code``: the code travels separately (through the object store; see unpack)."""
+    refs: list[Any] = []
+
+    def detach(inputs: Any) -> Any:
+        if not isinstance(inputs, dict):
+            return inputs
+        out = {}
+        for name, value in inputs.items():
+            if isinstance(value, StoredValue):
+                out[name] = RefSlot(len(refs), value.path)
+                refs.append(value.ref)
+            elif isinstance(value, ray.ObjectRef):
+                out[name] = RefSlot(len(refs))
+                refs.append(value)
+            else:
+                out[name] = value
+        return out
+
+    upstream = sub.upstream_inputs
+    detached = [detach(d) for d in upstream] if isinstance(upstream, list) else detach(upstream)
+    bare = (
+        replace(sub, upstream_inputs=None, code=b"")
+        if drop_code
+        else replace(sub, upstream_inputs=None)
+    )
+    try:
+        payload = pickle.dumps(bare, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        # user_inputs built by hand (not from the wire) may hold what only cloudpickle can
+        # carry; pickle.loads in the worker reads cloudpickle's output as well
+        payload = cloudpickle.dumps(bare)
+    return Packed(payload, detached, refs)
+
+
+def unpack(
+    payload: bytes, upstream: Any, code: bytes | None, ref_values: tuple[Any, ...]
+) -> TaskSubmission:
+    """Inverse of :func:`pack`, in the worker; ``code`` is the function when it travelled
+    through the object store (see CODE_INLINE_BYTES)."""
+    sub: TaskSubmission = pickle.loads(payload)
+    changes: dict[str, Any] = {"upstream_inputs": _attach(upstream, ref_values)}
+    if code is not None:
+        changes["code"] = code
+    return replace(sub, **changes)
+
+
+def _attach(upstream: Any, values: tuple[Any, ...]) -> Any:
+    if not values:
+        return upstream
+
+    def resolve(slot: RefSlot) -> Any:
+        value = values[slot.index]
+        if slot.path is None:
+            return value
+        value = value.value  # the earlier task's TaskOutcome
+        for step in slot.path:
+            value = value[step]
+        return value
+
+    def attach(inputs: Any) -> Any:
+        if not isinstance(inputs, dict):
+            return inputs
+        return {k: resolve(v) if isinstance(v, RefSlot) else v for k, v in inputs.items()}
+
+    return [attach(d) for d in upstream] if isinstance(upstream, list) else attach(upstream)
