@@ -81,6 +81,9 @@ def create_app(
     }
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     settings.check()
+    # A sandbox level this machine cannot provide (docker without an engine, ...) is refused
+    # here, so `lattice start` says why in one line instead of failing in the lifespan.
+    SandboxRunner.check_level(settings.sandbox.level)
     metrics_config = MetricsConfig(
         enabled=settings.metrics_enabled,
         exporter=settings.metrics_exporter,

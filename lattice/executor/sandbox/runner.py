@@ -81,7 +81,7 @@ class SandboxRunner:
 
     def __init__(self, default: SandboxSpec) -> None:
         self.default = default
-        self._check_level(default.level)
+        self.check_level(default.level)
         self._reset()
 
     def _reset(self) -> None:
@@ -100,7 +100,8 @@ class SandboxRunner:
         self._reset()
 
     @staticmethod
-    def _check_level(level: SandboxLevel) -> None:
+    def check_level(level: SandboxLevel) -> None:
+        """Raise :class:`LatticeUsageError` with the reason if ``level`` cannot run here."""
         reason = SandboxRunner.unavailable(level)
         if reason is not None:
             raise LatticeUsageError(f"sandbox level {level.value!r} cannot be used here: {reason}")
