@@ -9,6 +9,7 @@ from lattice.client.core.client import LatticeClient
 from lattice.client.core.decorator import task
 from lattice.client.core.models import LatticeTask, TaskOutput
 from lattice.client.core.workflow import LatticeWorkflow
+from lattice.client.langgraph.client import LangGraphClient
 from lattice.exceptions import (
     CycleError,
     InvalidCodeError,
@@ -36,6 +37,7 @@ __all__ = [
     "InvalidCodeError",
     "InvalidReferenceError",
     "InvalidResourceError",
+    "LangGraphClient",
     "LatticeClient",
     "LatticeConnectionError",
     "LatticeError",

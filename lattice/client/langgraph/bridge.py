@@ -86,12 +86,18 @@ def _is_runtime(value: Any) -> bool:
     return dataclasses.is_dataclass(value) and hasattr(value, "stream_writer")
 
 
-def _runtime_fields(runtime: Any) -> dict[str, Any]:
-    return {
+def _pickled_runtime(runtime: Any, dumps: Callable[[Any], bytes], node: str) -> bytes:
+    # Pickled apart from the call: its values (LangGraph's ExecutionInfo) would make every
+    # worker import LangGraph to unpickle the call, while few nodes read the runtime.
+    fields = {
         f.name: getattr(runtime, f.name)
         for f in dataclasses.fields(runtime)
         if f.name not in _LOCAL_RUNTIME_FIELDS
     }
+    try:
+        return dumps(fields)
+    except Exception:  # noqa: BLE001 - a live object in the context: send the rest
+        return dumps(_keep_picklable(fields, "runtime fields", node))
 
 
 def _interrupt_state(scratchpad: Any) -> InterruptState | None:
@@ -107,8 +113,11 @@ def _interrupt_state(scratchpad: Any) -> InterruptState | None:
     )
 
 
-def prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> PreparedCall:
-    """Capture the current LangGraph run (if any) for a call of a node with ``args``/``kwargs``.
+def prepare(
+    args: tuple[Any, ...], kwargs: dict[str, Any], dumps: Callable[[Any], bytes], node: str
+) -> PreparedCall:
+    """Capture the current LangGraph run (if any) for a call of ``node`` with ``args`` and
+    ``kwargs``; ``dumps`` pickles the run's runtime values.
 
     Must run where LangGraph called the node (its run context is a context variable).
     """
@@ -136,7 +145,7 @@ def prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> PreparedCall:
     kwargs[CALL_KEY] = CallContext(
         config=trim_config(config) if config is not None else {},
         interrupts=_interrupt_state(scratchpad) if scratchpad is not None else None,
-        runtime=_runtime_fields(runtime) if _is_runtime(runtime) else None,
+        runtime=_pickled_runtime(runtime, dumps, node) if _is_runtime(runtime) else None,
     )
     return PreparedCall(
         tuple(args), kwargs, LocalRun(scratchpad, send if callable(send) else None, writer)
@@ -162,8 +171,8 @@ def _keep_picklable(values: dict[str, Any], what: str, node: str) -> dict[str, A
 
 
 def without_unpicklable_context(call: PreparedCall, node: str) -> PreparedCall | None:
-    """The call with the run context's unpicklable parts left out (a ``db_conn`` in the
-    runtime context, an object in ``configurable``), or None if nothing could be left out."""
+    """The call with the run config's unpicklable parts left out (an object in
+    ``configurable``), or None if there is no config to trim."""
     context = call.kwargs.get(CALL_KEY)
     kwargs = dict(call.kwargs)
     changed = False
@@ -172,12 +181,7 @@ def without_unpicklable_context(call: PreparedCall, node: str) -> PreparedCall |
         if CONF in config:
             config[CONF] = _keep_picklable(config[CONF], "configurable keys", node)
         config = _keep_picklable(config, "config keys", node)
-        runtime = (
-            _keep_picklable(context.runtime, "runtime fields", node)
-            if context.runtime is not None
-            else None
-        )
-        kwargs[CALL_KEY] = dataclasses.replace(context, config=config, runtime=runtime)
+        kwargs[CALL_KEY] = dataclasses.replace(context, config=config)
         changed = True
     given = kwargs.get("config")
     if isinstance(given, dict):

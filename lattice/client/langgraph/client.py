@@ -171,14 +171,14 @@ class LangGraphClient:
     # --- calls ------------------------------------------------------------------------------
 
     def _call(self, node: RemoteNode, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        prepared = bridge.prepare(args, kwargs)
+        prepared = bridge.prepare(args, kwargs, self._pickler.dumps, node.name)
         value = self._run(node, prepared)
         return bridge.unwrap(value, prepared.local)
 
     async def _acall(self, node: RemoteNode, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         # The run context is read here, on the loop; pickling, the HTTP wait and unpickling
         # happen on a thread; the node's effects are replayed back here.
-        prepared = bridge.prepare(args, kwargs)
+        prepared = bridge.prepare(args, kwargs, self._pickler.dumps, node.name)
         loop = asyncio.get_running_loop()
         value = await loop.run_in_executor(self._executor(), self._run, node, prepared)
         return bridge.unwrap(value, prepared.local)
@@ -186,24 +186,24 @@ class LangGraphClient:
     def _run(self, node: RemoteNode, prepared: bridge.PreparedCall) -> Any:
         """One call on the server; the decoded result (maybe an envelope) or the node's error."""
         args, kwargs = self._encode(node, prepared)
-        for attempt in (1, 2):
-            registration = self._register(node)
-            body = {
-                "workflow_id": registration.workflow_id,
-                "task_id": registration.task_id,
-                "args": args,
-                "kwargs": kwargs,
-            }
-            try:
-                answer = self._transport.post("/run_langgraph_task", body, self._run_timeout)
-            except NotFoundError:
-                if attempt == 2:
-                    raise
-                # The server no longer knows the workflow or the task (it restarted).
-                self._forget(registration)
-                continue
-            return self._decode(node, answer)
-        raise AssertionError("unreachable")  # pragma: no cover
+        registration = self._register(node)
+        try:
+            answer = self._post_run(registration, args, kwargs)
+        except NotFoundError:
+            # The server no longer knows the workflow or the task (it restarted): register
+            # again, once.
+            self._forget(registration)
+            answer = self._post_run(self._register(node), args, kwargs)
+        return self._decode(node, answer)
+
+    def _post_run(self, registration: Registration, args: str, kwargs: str) -> dict[str, Any]:
+        body = {
+            "workflow_id": registration.workflow_id,
+            "task_id": registration.task_id,
+            "args": args,
+            "kwargs": kwargs,
+        }
+        return self._transport.post("/run_langgraph_task", body, self._run_timeout)
 
     def _encode(self, node: RemoteNode, prepared: bridge.PreparedCall) -> tuple[str, str]:
         try:

@@ -30,9 +30,10 @@ class _RegisteringPickler(cloudpickle.Pickler):
         if isinstance(obj, type | types.FunctionType):
             module = getattr(obj, "__module__", None)
             if isinstance(module, str) and module not in self._seen:
-                # Registration is idempotent, so two threads racing here do no harm.
-                self._seen.add(module)
+                # Registered before it counts as seen: another thread that finds it seen must
+                # find it registered. Two threads may both register it; that is idempotent.
                 register_by_value(obj)
+                self._seen.add(module)
         return super().reducer_override(obj)
 
 
@@ -44,8 +45,12 @@ class ArgumentPickler:
         # Module names already looked at: each is checked (and maybe registered) once.
         self._seen: set[str] = set()
 
-    def dumps_b64(self, obj: Any) -> str:
+    def dumps(self, obj: Any) -> bytes:
         """Raises what cloudpickle raises for an object that cannot be pickled."""
         buffer = io.BytesIO()
         _RegisteringPickler(buffer, self._seen).dump(obj)
-        return base64.b64encode(buffer.getvalue()).decode("ascii")
+        return buffer.getvalue()
+
+    def dumps_b64(self, obj: Any) -> str:
+        """:meth:`dumps` as base64 text."""
+        return base64.b64encode(self.dumps(obj)).decode("ascii")

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+import cloudpickle
+
 from lattice.client.langgraph.wire import (
     CALL_KEY,
     CONF,
@@ -76,10 +78,11 @@ class _Scratchpad:
             return value
 
 
-def _runtime(fields: dict[str, Any], effects: _Effects) -> Any:
+def _runtime(pickled: bytes | None, effects: _Effects) -> Any:
     """A LangGraph ``Runtime`` whose stream writer records into ``effects``; no store."""
     from langgraph.runtime import Runtime  # the node asked for one, so LangGraph is there
 
+    fields: dict[str, Any] = cloudpickle.loads(pickled) if pickled else {}
     known = {f.name for f in dataclasses.fields(Runtime)} - {"store", "stream_writer"}
     given = {k: v for k, v in fields.items() if k in known}
     return Runtime(**given, store=None, stream_writer=effects.stream.append)
@@ -195,7 +198,7 @@ class NodeShim:
             if kwargs[key].name == "writer":
                 kwargs[key] = effects.stream.append
             elif kwargs[key].name == "runtime":
-                kwargs[key] = runtime if runtime is not None else _runtime({}, effects)
+                kwargs[key] = runtime if runtime is not None else _runtime(None, effects)
         if isinstance(kwargs.get("config"), dict):
             kwargs["config"] = config
         scratchpad = config.get(CONF, {}).get(KEY_SCRATCHPAD)

@@ -64,8 +64,9 @@ class CallContext:
     #: the node's RunnableConfig without callbacks and LangGraph's internal keys
     config: dict[str, Any]
     interrupts: InterruptState | None = None
-    #: picklable fields of the run's ``Runtime`` (context, previous, execution_info, ...)
-    runtime: dict[str, Any] | None = None
+    #: the picklable fields of the run's ``Runtime`` (context, previous, execution_info,
+    #: ...) as a cloudpickled dict, loaded in the worker only if the node reads the runtime
+    runtime: bytes | None = None
 
 
 def _json_native(value: Any) -> bool:
