@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -141,7 +142,76 @@ def chunks(total: int) -> Iterator[bytes]:
         sent += 8192
 
 
+def batch_task(
+    task_id: str | None = None, reads: str | None = None, **change: Any
+) -> dict[str, Any]:
+    """One task of an /add_tasks body: double(x=1), or double of ``reads`` ("<task>.<key>")."""
+    inputs: dict[str, Any] = task_input({"x": 1})
+    if reads is not None:
+        param = {"key": "x", "input_schema": "from_task", "value": reads}
+        inputs = {"input_params": {"1": param}}
+    body = {
+        "task_id": task_id or str(uuid.uuid4()),
+        "task_name": "batched",
+        "code_ser": code_ser(double),
+        "task_input": inputs,
+        "task_output": {"output_params": {"1": {"key": "y"}}},
+    }
+    return {**body, **change}
+
+
+def batch(
+    tasks: Callable[[Dag], list[dict[str, Any]]],
+    edges: Callable[[Dag], list[tuple[str, str]]] = lambda d: [],
+) -> Callable[[Dag], tuple[str, str, dict[str, Any]]]:
+    def body(d: Dag) -> dict[str, Any]:
+        return {
+            "workflow_id": d.wf,
+            "tasks": tasks(d),
+            "edges": [{"source_task_id": s, "target_task_id": t} for s, t in edges(d)],
+        }
+
+    return post("/add_tasks", body)
+
+
+FIXED = str(uuid.uuid4())
+
+
 BAD_INPUT: dict[str, Bad] = {
+    # /add_tasks: all or nothing
+    "unknown workflow in add_tasks": Bad(
+        post("/add_tasks", lambda d: {"workflow_id": "no-such-wf", "tasks": [batch_task()]}),
+        404,
+        "no-such-wf",
+    ),
+    "a batch whose edge closes a cycle": Bad(
+        batch(lambda d: [batch_task(FIXED, f"{d.b}.z")], lambda d: [(FIXED, d.a)]),
+        400,
+        "cycle",
+    ),
+    "a batch task id that is not a UUID": Bad(
+        batch(lambda d: [batch_task(), batch_task("not-a-uuid")]), 400, "not-a-uuid"
+    ),
+    "a batch with one id twice": Bad(
+        batch(lambda d: [batch_task(FIXED), batch_task(FIXED)]), 400, "already exists"
+    ),
+    "a batch task id already in the workflow": Bad(
+        batch(lambda d: [batch_task(), batch_task(d.a)]), 400, "already exists"
+    ),
+    "a batch task reading an output its source lacks": Bad(
+        batch(lambda d: [batch_task(FIXED), batch_task(reads=f"{FIXED}.nope")]), 400, "nope"
+    ),
+    "a batch edge to an unknown task": Bad(
+        batch(lambda d: [batch_task(FIXED)], lambda d: [(FIXED, "no-such-task")]),
+        404,
+        "no-such-task",
+    ),
+    "a langgraph task in a batch": Bad(
+        batch(lambda d: [batch_task(task_type="langgraph")]), 400, "langgraph"
+    ),
+    "a batch task without a name": Bad(
+        batch(lambda d: [batch_task(task_name="")]), 422, "task_name"
+    ),
     # unknown ids: 404
     "unknown workflow in add_task": Bad(
         post(

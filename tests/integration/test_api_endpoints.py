@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +14,15 @@ import pytest
 from websockets.sync.client import connect
 
 from lattice.serialization import decode_value, dumps_b64
-from tests.integration.raw_api import WAIT, RawApi, Ref, code_ser, read_until_closed
+from tests.integration.raw_api import (
+    WAIT,
+    RawApi,
+    Ref,
+    code_ser,
+    read_until_closed,
+    task_input,
+    task_output,
+)
 from tests.integration.server_fixture import Gate, InProcessServer
 
 # --- task code (travels to the server by value) -------------------------------------------
@@ -153,6 +162,46 @@ def test_del_edge_and_del_task_change_the_dag(api: RawApi) -> None:
         m["data"]["task_id"] for m in api.messages(wf, api.run(wf)) if m["type"] == "start_task"
     ]
     assert started == [b, a]
+
+
+def test_add_tasks_adds_a_batch_whose_tasks_refer_to_each_other(api: RawApi) -> None:
+    wf = api.workflow()
+    first = api.code_task(wf, double, {"x": 1}, ("y",))
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+
+    def task(task_id: str | None, fn: Any, inputs: dict[str, Any], out: str) -> dict[str, Any]:
+        return {
+            "task_id": task_id,
+            "task_name": fn.__name__,
+            "code_ser": code_ser(fn),
+            "task_input": task_input(inputs),
+            "task_output": task_output((out,)),
+        }
+
+    answer = api.ok(
+        "POST",
+        "/add_tasks",
+        {
+            "workflow_id": wf,
+            # b reads a, listed after it; a reads the task saved before the batch; the last
+            # task has no id and gets one from the server
+            "tasks": [
+                task(b, add_one, {"y": Ref(a, "y")}, "z"),
+                task(a, double, {"x": Ref(first, "y")}, "y"),
+                task(None, double, {"x": 7}, "y"),
+            ],
+            "edges": [{"source_task_id": first, "target_task_id": b}],
+        },
+    )
+
+    third = answer["task_ids"][2]
+    assert answer["task_ids"][:2] == [b, a] and str(uuid.UUID(third)) == third
+    assert [t["task_id"] for t in api.tasks(wf)] == [first, b, a, third]
+    messages = api.messages(wf, api.run(wf))
+    results = {
+        m["data"]["task_id"]: m["data"]["result"] for m in messages if m["type"] == "finish_task"
+    }
+    assert results == {first: {"y": 2}, a: {"y": 4}, b: {"z": 5}, third: {"y": 14}}
 
 
 # --- runs and their messages --------------------------------------------------------------

@@ -31,6 +31,7 @@ from lattice import (
     TaskFailedError,
     task,
 )
+from lattice.client.core import workflow as workflow_module
 from lattice.client.core.transport import Transport
 from tests.integration.server_fixture import REPO_ROOT, Gate, InProcessServer, free_port
 
@@ -174,18 +175,65 @@ def test_unknown_output_and_foreign_task_references_raise(client: LatticeClient)
     assert server_tasks(client, other.workflow_id) == []
 
 
-def test_task_the_server_refuses_is_removed_again(client: LatticeClient) -> None:
+def test_a_batch_the_server_refuses_is_dropped_whole_and_named(client: LatticeClient) -> None:
     wf = client.create_workflow()
     first = wf.add_task(square, inputs={"x": 1})
+    wf.flush()
 
     def not_a_task(params: dict[str, Any]) -> None: ...
 
-    # A plain function can name any input; the server refuses the bad reference.
-    with pytest.raises(LatticeInputError, match="nope"):
-        wf.add_task(not_a_task, inputs={"v": lattice.TaskOutput(first.task_id, "nope")})
+    # A plain function can name any input; the server refuses the bad reference when the
+    # buffer is flushed, and the task added with it goes too.
+    wf.add_task(square, inputs={"x": 2})
+    wf.add_task(not_a_task, inputs={"v": lattice.TaskOutput(first.task_id, "nope")})
+    with pytest.raises(
+        LatticeInputError,
+        match=r"\(not_a_task\) refers to output 'nope' of task .* \(square\).*none of the 2 task",
+    ):
+        wf.flush()
 
     tasks = server_tasks(client, wf.workflow_id)
     assert [t["task_id"] for t in tasks] == [first.task_id]
+    assert [t.task_id for t in wf.tasks] == [first.task_id]
+    wf.flush()  # nothing is left to send
+
+
+def test_tasks_are_buffered_until_run(client: LatticeClient) -> None:
+    wf = client.create_workflow()
+    a = wf.add_task(square, inputs={"x": 3})
+    b = wf.add_task(plus_one_tagged, inputs={"y": a.outputs["y"], "tag": "t"})
+    wf.add_edge(a, b)
+    assert server_tasks(client, wf.workflow_id) == []
+
+    run_id = wf.run()
+
+    assert [t["task_id"] for t in server_tasks(client, wf.workflow_id)] == [a.task_id, b.task_id]
+    assert wf.get_outputs(run_id, timeout=WAIT)[b]["z"] == 10
+
+
+def test_a_full_buffer_is_flushed_without_waiting_for_run(
+    client: LatticeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workflow_module, "FLUSH_TASKS", 3)
+    wf = client.create_workflow()
+    tasks = [wf.add_task(square, inputs={"x": i}) for i in range(4)]
+
+    on_server = [t["task_id"] for t in server_tasks(client, wf.workflow_id)]
+    assert on_server == [t.task_id for t in tasks[:3]]
+
+
+def test_an_edge_that_closes_a_cycle_is_refused_by_the_flush(client: LatticeClient) -> None:
+    wf = client.create_workflow()
+    a = wf.add_task(square, inputs={"x": 1})
+    b = wf.add_task(plus_one_tagged, inputs={"y": a.outputs["y"], "tag": "t"})
+    wf.flush()
+    wf.add_edge(b, a)
+
+    with pytest.raises(LatticeInputError, match="cycle"):
+        wf.run()
+
+    # Nothing of the refused flush stayed: the workflow still runs a, then b.
+    assert wf.get_outputs(wf.run(), timeout=WAIT)[b]["z"] == 2
 
 
 # --- running ------------------------------------------------------------------------------

@@ -35,10 +35,9 @@ class SandboxRequest(_Body):
     memory_limit_mb: int | None = Field(None, gt=0)
 
 
-class SaveTaskRequest(_Body):
-    workflow_id: str
-    task_id: str
-    task_name: str | None = None
+class _TaskConfig(_Body):
+    """What a code task is saved with (``/save_task`` and each task of ``/add_tasks``)."""
+
     task_input: dict[str, Any] = Field(default_factory=dict)
     task_output: dict[str, Any] = Field(default_factory=dict)
     code_str: str | None = None
@@ -52,14 +51,44 @@ class SaveTaskRequest(_Body):
     sandbox: SandboxRequest | None = None
 
 
+class SaveTaskRequest(_TaskConfig):
+    workflow_id: str
+    task_id: str
+    task_name: str | None = None
+
+
 class SaveTaskResponse(StatusResponse):
     pass
 
 
-class AddEdgeRequest(_Body):
-    workflow_id: str
+class EdgeRequest(_Body):
     source_task_id: str
     target_task_id: str
+
+
+class BatchTaskRequest(_TaskConfig):
+    #: a UUID the client chose (so that it can refer to the task before the answer); left
+    #: out, the server picks one
+    task_id: str | None = None
+    task_name: str = Field(min_length=1)
+    task_type: str = "code"
+
+
+class AddTasksRequest(_Body):
+    """Not in spec/002: several code tasks (each as add_task + save_task_and_add_edge) and
+    edges in one request, all or nothing."""
+
+    workflow_id: str
+    tasks: list[BatchTaskRequest]
+    edges: list[EdgeRequest] = Field(default_factory=list)
+
+
+class AddTasksResponse(StatusResponse):
+    task_ids: list[str]
+
+
+class AddEdgeRequest(EdgeRequest):
+    workflow_id: str
 
 
 class DelTaskRequest(_Body):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from lattice.api.deps import Orch, ws_orchestrator
@@ -9,16 +11,21 @@ from lattice.api.models.schemas import (
     AddEdgeRequest,
     AddTaskRequest,
     AddTaskResponse,
+    AddTasksRequest,
+    AddTasksResponse,
+    BatchTaskRequest,
     CreateWorkflowResponse,
     DelTaskRequest,
     GetTasksResponse,
     RunWorkflowRequest,
     RunWorkflowResponse,
+    SandboxRequest,
     SaveTaskRequest,
     StatusResponse,
 )
 from lattice.core.orchestrator.orchestrator import Orchestrator
-from lattice.exceptions import NotFoundError
+from lattice.core.workflow.base import CodeTaskDraft, TaskType
+from lattice.exceptions import LatticeInputError, NotFoundError
 from lattice.executor.sandbox.policy import SandboxLevel, SandboxSpec
 
 router = APIRouter(tags=["workflow"])
@@ -34,14 +41,17 @@ async def add_task(body: AddTaskRequest, orch: Orch) -> AddTaskResponse:
     return AddTaskResponse(task_id=orch.add_task(body.workflow_id, body.task_type, body.task_name))
 
 
+def _sandbox(request: SandboxRequest | None) -> SandboxSpec | None:
+    if request is None:
+        return None
+    return SandboxSpec(
+        level=SandboxLevel.parse(request.level),
+        cpu_time_limit=request.cpu_time_limit,
+        memory_limit_mb=request.memory_limit_mb,
+    )
+
+
 def _save(orch: Orchestrator, body: SaveTaskRequest, *, add_edges: bool) -> StatusResponse:
-    sandbox = None
-    if body.sandbox is not None:
-        sandbox = SandboxSpec(
-            level=SandboxLevel.parse(body.sandbox.level),
-            cpu_time_limit=body.sandbox.cpu_time_limit,
-            memory_limit_mb=body.sandbox.memory_limit_mb,
-        )
     orch.get_workflow(body.workflow_id).save_task(
         body.task_id,
         add_edges=add_edges,
@@ -52,10 +62,43 @@ def _save(orch: Orchestrator, body: SaveTaskRequest, *, add_edges: bool) -> Stat
         resources=body.resources,
         batch_config=body.batch_config,
         priority=body.priority,
-        sandbox=sandbox,
+        sandbox=_sandbox(body.sandbox),
         task_name=body.task_name,
     )
     return StatusResponse()
+
+
+def _draft(task: BatchTaskRequest) -> CodeTaskDraft:
+    if TaskType.parse(task.task_type) is not TaskType.CODE:
+        raise LatticeInputError(
+            f"task {task.task_name!r}: /add_tasks takes code tasks, not {task.task_type!r}"
+        )
+    return CodeTaskDraft(
+        task_id=task.task_id or str(uuid.uuid4()),
+        task_name=task.task_name,
+        task_input=task.task_input,
+        task_output=task.task_output,
+        code_str=task.code_str,
+        serialized_code=task.code_ser,
+        resources=task.resources,
+        batch_config=task.batch_config,
+        priority=task.priority,
+        sandbox=_sandbox(task.sandbox),
+    )
+
+
+@router.post("/add_tasks", response_model=AddTasksResponse)
+async def add_tasks(body: AddTasksRequest, orch: Orch) -> AddTasksResponse:
+    """Several code tasks and edges in one request, all or nothing (not in spec/002).
+
+    Each task is what ``/add_task`` + ``/save_task_and_add_edge`` would make of it; its
+    ``task_id`` may be a UUID the client chose, so that tasks of one batch can refer to each
+    other. Answers the task ids in order.
+    """
+    drafts = [_draft(task) for task in body.tasks]
+    edges = [(e.source_task_id, e.target_task_id) for e in body.edges]
+    orch.add_code_tasks(body.workflow_id, drafts, edges)
+    return AddTasksResponse(task_ids=[d.task_id for d in drafts])
 
 
 @router.post("/save_task", response_model=StatusResponse)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import site
@@ -17,7 +18,9 @@ import cloudpickle
 from lattice.serialization import dumps_b64
 
 
+@functools.cache
 def _installed_roots() -> tuple[str, ...]:
+    """Where the stdlib and installed packages live (fixed for the life of the process)."""
     paths = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
     paths.update(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
     paths.add(site.getusersitepackages() if hasattr(site, "getusersitepackages") else "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -11,7 +12,6 @@ from lattice.client.core.models import LatticeTask, RunOutputs, TaskOutput
 from lattice.client.core.results import resolve_message, resolver
 from lattice.client.core.transport import Transport
 from lattice.exceptions import (
-    LatticeError,
     LatticeInputError,
     RunCancelledError,
     TaskErrorInfo,
@@ -57,11 +57,29 @@ def raise_for_error(task_name: str, error: dict[str, Any]) -> None:
     raise TaskFailedError(task_name, TaskErrorInfo.from_dict(error))
 
 
+#: a flush is sent once this many tasks are buffered, or this many bytes of their code
+FLUSH_TASKS = 500
+FLUSH_BYTES = 8 * 1024 * 1024
+
+
 class LatticeWorkflow:
+    """A workflow on the server, built from task functions.
+
+    ``add_task`` and ``add_edge`` are checked here and buffered; the buffer goes to the server
+    in one ``POST /add_tasks`` (all or nothing) on :meth:`run`, on :meth:`flush`, or once it
+    holds :data:`FLUSH_TASKS` tasks or :data:`FLUSH_BYTES` of code. What only the server can
+    check (a cycle through ``add_edge``, a reference to an output a plain function does not
+    declare) is raised by that flush.
+    """
+
     def __init__(self, transport: Transport, workflow_id: str) -> None:
         self._transport = transport
         self.workflow_id = workflow_id
         self._tasks: dict[str, LatticeTask] = {}
+        #: ``/add_tasks`` bodies of the tasks not sent yet, and the edges added after them
+        self._pending: list[dict[str, Any]] = []
+        self._pending_edges: list[dict[str, str]] = []
+        self._pending_bytes = 0
 
     def __repr__(self) -> str:
         return f"<LatticeWorkflow {self.workflow_id} tasks={len(self._tasks)}>"
@@ -77,7 +95,8 @@ class LatticeWorkflow:
         """Add ``task_func`` with ``inputs`` (plain values, or other tasks' ``.outputs[key]``).
 
         Every input the task declares must be given, and nothing else. Raises
-        LatticeInputError naming the problem; on any error the workflow is unchanged.
+        LatticeInputError naming the problem; on any error the workflow is unchanged. The task
+        reaches the server with the next flush (see the class docstring).
         """
         inputs = dict(inputs or {})
         if isinstance(task_func, TaskFunction):
@@ -103,44 +122,64 @@ class LatticeWorkflow:
                 )
         name = str(task_name or getattr(func, "__name__", "task"))
         code_str, code_ser = serialize_function(func)
-        body: dict[str, Any] = {
-            "workflow_id": self.workflow_id,
-            "task_name": name,
-            "code_str": code_str,
-            "code_ser": code_ser,
-            "task_input": _input_params(inputs),
-            "task_output": {
-                "output_params": {
-                    str(i): {"key": k, "data_type": "any"} for i, k in enumerate(outputs, 1)
-                }
-            },
-            "resources": meta.resources if meta else None,
-            "batch_config": meta.batch_config if meta else None,
-            "priority": meta.priority if meta else None,
-            "sandbox": meta.sandbox if meta else None,
-        }
-        task_id = self._transport.post(
-            "/add_task", {"workflow_id": self.workflow_id, "task_type": "code", "task_name": name}
-        )["task_id"]
-        try:
-            self._transport.post("/save_task_and_add_edge", {**body, "task_id": task_id})
-        except LatticeError:
-            self._transport.post("/del_task", {"workflow_id": self.workflow_id, "task_id": task_id})
-            raise
+        task_id = str(uuid.uuid4())
+        self._pending.append(
+            {
+                "task_id": task_id,
+                "task_name": name,
+                "code_str": code_str,
+                "code_ser": code_ser,
+                "task_input": _input_params(inputs),
+                "task_output": {
+                    "output_params": {
+                        str(i): {"key": k, "data_type": "any"} for i, k in enumerate(outputs, 1)
+                    }
+                },
+                "resources": meta.resources if meta else None,
+                "batch_config": meta.batch_config if meta else None,
+                "priority": meta.priority if meta else None,
+                "sandbox": meta.sandbox if meta else None,
+            }
+        )
+        self._pending_bytes += len(code_ser) + len(code_str or "")
         task = LatticeTask(task_id, name, self.workflow_id, tuple(outputs))
         self._tasks[task_id] = task
+        if len(self._pending) >= FLUSH_TASKS or self._pending_bytes >= FLUSH_BYTES:
+            self.flush()
         return task
 
     def add_edge(self, source_task: LatticeTask, target_task: LatticeTask) -> None:
-        """Make ``target_task`` wait for ``source_task`` (an order without data)."""
-        self._transport.post(
-            "/add_edge",
-            {
-                "workflow_id": self.workflow_id,
-                "source_task_id": source_task.task_id,
-                "target_task_id": target_task.task_id,
-            },
+        """Make ``target_task`` wait for ``source_task`` (an order without data). Sent with
+        the next flush, which raises LatticeInputError naming the cycle if it closes one."""
+        self._pending_edges.append(
+            {"source_task_id": source_task.task_id, "target_task_id": target_task.task_id}
         )
+
+    def flush(self) -> None:
+        """Send the tasks and edges added since the last flush, all in one request.
+
+        If the server refuses them (a cycle, a bad reference, ...), none of them is added:
+        they are dropped here too and the error names the task. If the server cannot be
+        reached, they stay buffered and the next flush sends them again.
+        """
+        if not self._pending and not self._pending_edges:
+            return
+        tasks, edges = self._pending, self._pending_edges
+        body = {"workflow_id": self.workflow_id, "tasks": tasks, "edges": edges}
+        try:
+            self._transport.post("/add_tasks", body)
+        except LatticeInputError as exc:
+            message = str(exc)
+            for task in self._tasks.values():
+                message = message.replace(task.task_id, f"{task.task_id} ({task.task_name})")
+            for body in tasks:
+                del self._tasks[body["task_id"]]
+            self._pending, self._pending_edges, self._pending_bytes = [], [], 0
+            raise type(exc)(
+                f"{message}; none of the {len(tasks)} task(s) and {len(edges)} edge(s) "
+                "added since the last flush were added"
+            ) from exc
+        self._pending, self._pending_edges, self._pending_bytes = [], [], 0
 
     @property
     def tasks(self) -> list[LatticeTask]:
@@ -149,7 +188,8 @@ class LatticeWorkflow:
     # --- running ----------------------------------------------------------------------------
 
     def run(self) -> str:
-        """Start a run; return its run id at once."""
+        """Send what is buffered (:meth:`flush`), start a run; return its run id at once."""
+        self.flush()
         return str(
             self._transport.post("/run_workflow", {"workflow_id": self.workflow_id})["run_id"]
         )

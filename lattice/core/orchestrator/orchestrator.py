@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from lattice.core.observer import EngineObserver
@@ -32,7 +33,13 @@ from lattice.core.scheduler.messages import (
     TaskStartedData,
 )
 from lattice.core.scheduler.scheduler import Scheduler
-from lattice.core.workflow.base import CodeTask, LangGraphTask, TaskType, Workflow
+from lattice.core.workflow.base import (
+    CodeTask,
+    CodeTaskDraft,
+    LangGraphTask,
+    TaskType,
+    Workflow,
+)
 from lattice.exceptions import (
     LatticeInputError,
     LatticeUsageError,
@@ -148,6 +155,25 @@ class Orchestrator:
         task_id = str(uuid.uuid4())
         workflow.add_task(task_id, CodeTask(workflow_id, task_id, task_name))
         return task_id
+
+    def add_code_tasks(
+        self,
+        workflow_id: str,
+        drafts: Sequence[CodeTaskDraft],
+        edges: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Add a batch of saved code tasks and edges at once, all or nothing (``/add_tasks``).
+
+        Raises:
+            LatticeInputError: a draft's task id is not a UUID, or any task or edge is invalid
+                (the workflow is then unchanged).
+        """
+        workflow = self.get_workflow(workflow_id)
+        for draft in drafts:
+            _check_task_id(draft.task_id)
+            if not draft.task_name:
+                raise LatticeInputError(f"task {draft.task_id}: task_name must not be empty")
+        workflow.add_code_tasks(drafts, edges)
 
     def add_langgraph_task(
         self,
@@ -281,3 +307,13 @@ class Orchestrator:
             ctx.on_task_failed(data)
         elif isinstance(data, TaskCancelledData):
             ctx.on_task_cancelled(data)
+
+
+def _check_task_id(task_id: str) -> None:
+    """A client-chosen task id must be a UUID, like the ones the server gives out."""
+    try:
+        uuid.UUID(task_id)
+    except ValueError:
+        raise LatticeInputError(
+            f"task_id {task_id!r} is not a UUID; leave it out and the server picks one"
+        ) from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -202,6 +203,23 @@ class LangGraphTask(BaseTask):
         }
 
 
+@dataclass(frozen=True)
+class CodeTaskDraft:
+    """One code task of a batch (:meth:`Workflow.add_code_tasks`): its id and name, and what
+    ``/save_task`` would carry for it."""
+
+    task_id: str
+    task_name: str
+    task_input: dict[str, Any] | None
+    task_output: dict[str, Any] | None
+    code_str: str | None
+    serialized_code: str | None
+    resources: dict[str, Any] | None = None
+    batch_config: dict[str, Any] | None = None
+    priority: int | None = None
+    sandbox: SandboxSpec | None = None
+
+
 class Workflow:
     """A DAG of tasks. Not thread-safe: the orchestrator owns it on one thread."""
 
@@ -276,6 +294,48 @@ class Workflow:
                 )
         self._graph.remove_node(task_id)
         del self._tasks[task_id]
+
+    def add_code_tasks(
+        self, drafts: Sequence[CodeTaskDraft], edges: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """Add and save several code tasks, with the edges their ``from_task`` inputs imply,
+        then add ``edges``: all of it or, on any error, none of it.
+
+        A draft's inputs may refer to tasks already in the workflow and to drafts of the same
+        batch (in any order); ``edges`` may join any of them.
+        """
+        added: list[str] = []
+        explicit: list[tuple[str, str]] = []
+        try:
+            for draft in drafts:
+                self.add_task(
+                    draft.task_id, CodeTask(self.workflow_id, draft.task_id, draft.task_name)
+                )
+                added.append(draft.task_id)
+            for draft in drafts:
+                self.save_task(
+                    draft.task_id,
+                    add_edges=True,
+                    task_input=draft.task_input,
+                    task_output=draft.task_output,
+                    code_str=draft.code_str,
+                    serialized_code=draft.serialized_code,
+                    resources=draft.resources,
+                    batch_config=draft.batch_config,
+                    priority=draft.priority,
+                    sandbox=draft.sandbox,
+                )
+            for source, target in edges:
+                if not self._graph.has_edge(source, target):
+                    self.add_edge(source, target)
+                    explicit.append((source, target))
+        except BaseException:
+            # Removing the new tasks removes every edge that touches them, too.
+            self._graph.remove_edges_from(explicit)
+            for task_id in added:
+                self._graph.remove_node(task_id)
+                del self._tasks[task_id]
+            raise
 
     def _references_between(self, source: str, target: str) -> list[InputParam]:
         task = self._tasks.get(target)
