@@ -172,8 +172,8 @@ class LatticeWorkflow:
             message = str(exc)
             for task in self._tasks.values():
                 message = message.replace(task.task_id, f"{task.task_id} ({task.task_name})")
-            for body in tasks:
-                del self._tasks[body["task_id"]]
+            for pending in tasks:
+                del self._tasks[pending["task_id"]]
             self._pending, self._pending_edges, self._pending_bytes = [], [], 0
             raise type(exc)(
                 f"{message}; none of the {len(tasks)} task(s) and {len(edges)} edge(s) "
