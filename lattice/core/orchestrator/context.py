@@ -115,20 +115,24 @@ class RunContext(BaseContext):
     # --- scheduler events -------------------------------------------------------------------
 
     def on_task_started(self, data: TaskStartedData) -> None:
-        if self._status.get(data.task_id) is not TaskStatus.READY:
+        status = self._status.get(data.task_id)
+        # A task dispatched again after its node was lost starts again, on another node: the
+        # client is told where it runs now (the message then carries ``attempt``).
+        redispatched = status is TaskStatus.RUNNING and data.attempt > 1
+        if status is not TaskStatus.READY and not redispatched:
             return
         self._status[data.task_id] = TaskStatus.RUNNING
-        self.log.append(
-            ev.START_TASK,
-            {
-                "workflow_id": data.workflow_id,
-                "task_id": data.task_id,
-                "task_name": data.task_name,
-                "node_ip": data.node_ip,
-                "node_id": data.node_id,
-                "gpu_ids": list(data.gpu_ids),
-            },
-        )
+        message: dict[str, Any] = {
+            "workflow_id": data.workflow_id,
+            "task_id": data.task_id,
+            "task_name": data.task_name,
+            "node_ip": data.node_ip,
+            "node_id": data.node_id,
+            "gpu_ids": list(data.gpu_ids),
+        }
+        if redispatched:
+            message["attempt"] = data.attempt
+        self.log.append(ev.START_TASK, message)
 
     def on_task_finished(self, data: TaskFinishedData) -> None:
         if not self._settle(data.task_id, TaskStatus.COMPLETED):

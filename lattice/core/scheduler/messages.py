@@ -56,6 +56,8 @@ class TaskStartedData:
     node_id: str
     node_ip: str
     gpu_ids: tuple[int, ...] = ()
+    #: 1 for the first dispatch; more when the task is dispatched again after its node was lost
+    attempt: int = 1
 
 
 @dataclass(frozen=True)

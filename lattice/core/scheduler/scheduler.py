@@ -219,6 +219,7 @@ class Scheduler:
                         node.node_id,
                         node.node_ip,
                         node.gpu_ids,
+                        task.attempts,
                     ),
                 )
             )

@@ -1,0 +1,341 @@
+"""The benchmark suite: ``python -m benchmarks.run [--quick] [--only chain,fanout]``.
+
+Starts a head for each executor (``LocalHead``: Ray, then local), runs every workload through
+the public client, runs the plain-Ray equivalent in the same run (a private ``ray.init`` in
+this process), prints a table and writes ``benchmarks/results/latest.json``. Lattice and
+the baseline take turns repetition by repetition, never at the same time; every figure is a
+median. See docs/benchmarks.md for what each workload measures and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psutil
+
+from benchmarks import workloads as w
+from benchmarks.plain_ray import PlainRay
+from benchmarks.report import Row, Target, alternate, median, ms, secs, table, write_json
+from lattice import LatticeClient
+from lattice.utils.head import LocalHead
+
+EXECUTORS = ("ray", "local")
+NUM_CPUS = 2
+
+
+@dataclass
+class Bench:
+    executor: str
+    url: str
+    client: LatticeClient
+    plain: PlainRay
+    head_pid: int
+    reps: int
+    warmup: int
+    quick: bool
+
+    def head_rss(self) -> int:
+        return int(psutil.Process(self.head_pid).memory_info().rss)
+
+
+# --- workloads: each returns its rows -------------------------------------------------------
+
+
+def chain(b: Bench) -> list[Row]:
+    """Per dependent hop: the slope between a chain of CHAIN_LENGTH and a chain of one, so the
+    fixed cost of a run (run(), opening the result stream) is not counted as hops."""
+    hops = w.CHAIN_LENGTH - 1
+
+    def per_hop(run: Callable[[int], float]) -> float:
+        return (run(w.CHAIN_LENGTH) - run(1)) / hops
+
+    plain = lambda: per_hop(b.plain.chain)  # noqa: E731
+    rows = []
+    variants = [("cpu 0.1", False)] + ([("cpu 1", True)] if b.executor == "ray" else [])
+    for label, cpu_bound in variants:
+        ours, theirs = alternate(
+            lambda cb=cpu_bound: per_hop(lambda n: w.chain_once(b.client, n, cb)),  # type: ignore[misc]
+            plain,
+            b.reps,
+            b.warmup,
+        )
+        hop, base = median(ours), median(theirs)
+        name = f"chain of {w.CHAIN_LENGTH}, per hop ({label})"
+        if b.executor == "ray":
+            target = Target("<= 1.0x plain Ray", 1.0)
+            rows.append(
+                Row(name, b.executor, ms(hop), ms(base), hop / base, f"{hop / base:.2f}x", target)
+            )
+        else:
+            target = Target("< 0.5 ms", 0.5)
+            rows.append(Row(name, b.executor, ms(hop), ms(base), hop * 1e3, ms(hop), target))
+        rows[-1].samples = {"lattice_s": ours, "plain_ray_s": theirs}
+    return rows
+
+
+def fanout(b: Bench) -> list[Row]:
+    tasks = w.FANOUT_WIDTH + 2
+    ours, theirs = alternate(lambda: w.fanout_once(b.client), b.plain.fanout, b.reps, b.warmup)
+    rate, base = tasks / median(ours), tasks / median(theirs)
+    target = Target(">= 0.8x plain Ray", 0.8, at_least=True) if b.executor == "ray" else None
+    row = Row(
+        f"fan-out 1 -> {w.FANOUT_WIDTH} -> 1",
+        b.executor,
+        f"{rate:.0f} tasks/s",
+        f"{base:.0f} tasks/s",
+        rate / base,
+        f"{rate / base:.2f}x",
+        target,
+        {"lattice_s": ours, "plain_ray_s": theirs},
+    )
+    return [row]
+
+
+def build(b: Bench) -> list[Row]:
+    ours, _ = alternate(lambda: w.build_once(b.client), None, b.reps, b.warmup)
+    took = median(ours)
+    target = Target("< 50 ms", 50.0)
+    name = f"build a {w.BUILD_TASKS}-task workflow"
+    return [Row(name, b.executor, ms(took), "-", took * 1e3, ms(took), target, {"lattice_s": ours})]
+
+
+def agent(b: Bench) -> list[Row]:
+    ours, theirs = alternate(lambda: w.agent_once(b.client), b.plain.agent, b.reps, b.warmup)
+    took = median(ours)
+    critical = w.TOOL_SECONDS
+    return [
+        Row(
+            "agent: analyze -> 3 x 1 s tools -> synthesize",
+            b.executor,
+            secs(took),
+            secs(median(theirs)),
+            took / critical,
+            f"{took / critical:.3f}x critical path",
+            Target("< 1.05x", 1.05),
+            {"lattice_s": ours, "plain_ray_s": theirs},
+        )
+    ]
+
+
+def io_bound(b: Bench) -> list[Row]:
+    ours, theirs = alternate(lambda: w.io_bound_once(b.client), b.plain.io_bound, b.reps, b.warmup)
+    took = median(ours)
+    return [
+        Row(
+            f"{w.LLM_CALLS} x {w.LLM_SECONDS} s I/O-bound calls (cpu 0.05)",
+            b.executor,
+            secs(took),
+            secs(median(theirs)) + " (num_cpus=0)",
+            took,
+            secs(took),
+            Target("< 0.75 s", 0.75),
+            {"lattice_s": ours, "plain_ray_s": theirs},
+        )
+    ]
+
+
+def big_array(b: Bench) -> list[Row]:
+    ours, theirs = alternate(
+        lambda: w.big_array_once(b.client), b.plain.big_array, b.reps, b.warmup
+    )
+    took, base = median(ours), median(theirs)
+    target = Target("<= 1.5x plain Ray", 1.5) if b.executor == "ray" else None
+    return [
+        Row(
+            "50 MB array from one task to the next",
+            b.executor,
+            ms(took),
+            ms(base),
+            took / base,
+            f"{took / base:.2f}x",
+            target,
+            {"lattice_s": ours, "plain_ray_s": theirs},
+        )
+    ]
+
+
+def clients(b: Bench) -> list[Row]:
+    ours, theirs = alternate(lambda: w.clients_once(b.url), b.plain.clients, b.reps, b.warmup)
+    took, base = median(ours), median(theirs)
+    return [
+        Row(
+            f"{w.CLIENTS} concurrent clients x {w.CLIENT_TASKS} tasks",
+            b.executor,
+            ms(took),
+            ms(base),
+            took / base,
+            f"{took / base:.2f}x",
+            None,
+            {"lattice_s": ours, "plain_ray_s": theirs},
+        )
+    ]
+
+
+def busy(b: Bench) -> list[Row]:
+    alone, beside = alternate(
+        lambda: w.noop_run_once(b.client, beside_long_task=False),
+        lambda: w.noop_run_once(b.client, beside_long_task=True),
+        b.reps,
+        b.warmup,
+    )
+    extra = median(beside) - median(alone)
+    return [
+        Row(
+            f"no-op run beside a {w.LONG_TASK_SECONDS:g} s task (vs alone)",
+            b.executor,
+            ms(median(beside)),
+            ms(median(alone)) + " alone",
+            extra * 1e3,
+            f"+{extra * 1e3:.2f} ms",
+            Target("< +20 ms", 20.0),
+            {"beside_s": beside, "alone_s": alone},
+        )
+    ]
+
+
+def big_fanout(b: Bench) -> list[Row]:
+    # One repetition: the point is that it completes and what is left afterwards.
+    result = w.big_fanout_once(b.client, b.head_rss)
+    before, end, after = result["rss_before"], result["rss_end"], result["rss_after"]
+    growth = (after - before) / before
+    mib = 2**20
+    return [
+        Row(
+            f"{w.BIG_FANOUT_WIDTH}-task fan-out, head memory",
+            b.executor,
+            secs(result["seconds"]),
+            f"RSS {before / mib:.0f} -> {end / mib:.0f} -> {after / mib:.0f} MiB",
+            growth * 100,
+            f"{growth * 100:+.1f}% after retire",
+            Target("completes, <= +10%", 10.0),
+            {"lattice_s": [result["seconds"]]},
+            extra=result,
+        )
+    ]
+
+
+def langgraph(b: Bench) -> list[Row]:
+    from benchmarks import bench_langgraph as lg
+
+    reps, calls = (3, 50) if b.quick else (b.reps, 200)
+    result = lg.run(b.url, reps, calls)
+    ratio = result["ratio"]
+    return [
+        Row(
+            f"LangGraph {lg.BRANCHES}-branch CPU fan-out",
+            b.executor,
+            secs(result["lattice_median_s"]),
+            secs(result["native_median_s"]) + " native",
+            ratio,
+            f"{ratio:.2f}x",
+            Target(f"<= {lg.TARGET_RATIO}x native", lg.TARGET_RATIO),
+            {"lattice_s": result["lattice_seconds"], "native_s": result["native_seconds"]},
+        ),
+        Row(
+            "LangGraph decorated no-op node, per call",
+            b.executor,
+            f"{result['noop_lattice_median_ms']:.2f} ms",
+            f"{result['noop_native_median_ms']:.4f} ms native",
+            result["noop_lattice_median_ms"],
+            f"{result['noop_lattice_median_ms']:.2f} ms",
+            Target("< 5 ms", 5.0),
+        ),
+    ]
+
+
+#: name -> (function, executors it runs on), in the order they run
+WORKLOADS: dict[str, tuple[Callable[[Bench], list[Row]], tuple[str, ...]]] = {
+    "chain": (chain, EXECUTORS),
+    "fanout": (fanout, EXECUTORS),
+    "build": (build, EXECUTORS),
+    "agent": (agent, EXECUTORS),
+    "io": (io_bound, EXECUTORS),
+    "array": (big_array, EXECUTORS),
+    "clients": (clients, EXECUTORS),
+    "busy": (busy, EXECUTORS),
+    "langgraph": (langgraph, ("ray",)),
+    "big-fanout": (big_fanout, EXECUTORS),
+}
+
+
+# --- driver ---------------------------------------------------------------------------------
+
+
+def run_executor(
+    executor: str, names: list[str], plain: PlainRay, reps: int, warmup: int, quick: bool
+) -> list[Row]:
+    print(f"\n== {executor} executor: starting a head ...", flush=True)
+    rows: list[Row] = []
+    with LocalHead(executor=executor, num_cpus=NUM_CPUS) as head:
+        assert head.pid is not None
+        with LatticeClient(head.url, timeout=w.RUN_TIMEOUT) as client:
+            bench = Bench(executor, head.url, client, plain, head.pid, reps, warmup, quick)
+            for name in names:
+                fn, executors = WORKLOADS[name]
+                if executor not in executors:
+                    continue
+                started = time.perf_counter()
+                print(f"-- {name} ({executor}) ...", flush=True)
+                new = fn(bench)
+                for row in new:
+                    print(f"   {row.workload}: {row.lattice} vs {row.baseline} -> {row.verdict}")
+                print(f"   ({time.perf_counter() - started:.0f} s)", flush=True)
+                rows.extend(new)
+    return rows
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--only", help=f"comma-separated workloads (default: all): {', '.join(WORKLOADS)}"
+    )
+    parser.add_argument(
+        "--executors", default=",".join(EXECUTORS), help="comma-separated: ray,local"
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (3, 1 warm-up)")
+    parser.add_argument("--reps", type=int, help="timed repetitions (default 7, --quick 3)")
+    args = parser.parse_args(argv)
+    args.names = list(WORKLOADS) if not args.only else [n.strip() for n in args.only.split(",")]
+    unknown = [n for n in args.names if n not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workload(s) {unknown}; choose from {', '.join(WORKLOADS)}")
+    args.executor_list = [e.strip() for e in args.executors.split(",")]
+    bad = [e for e in args.executor_list if e not in EXECUTORS]
+    if bad:
+        parser.error(f"unknown executor(s) {bad}; choose from {', '.join(EXECUTORS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    reps = args.reps or (3 if args.quick else 7)
+    warmup = 1 if args.quick else 2
+    print("starting the plain-Ray baseline (a private Ray in this process) ...", flush=True)
+    plain = PlainRay(num_cpus=NUM_CPUS)
+    rows: list[Row] = []
+    try:
+        for executor in args.executor_list:
+            rows += run_executor(executor, args.names, plain, reps, warmup, args.quick)
+    finally:
+        plain.close()
+    print()
+    print(table(rows))
+    settings = {
+        "command": "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),
+        "reps": reps,
+        "warmup": warmup,
+        "num_cpus": NUM_CPUS,
+        "workloads": args.names,
+    }
+    path = write_json(rows, settings)
+    print(f"\nwritten to {path}")
+    failed = [r for r in rows if r.verdict == "FAIL"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
