@@ -62,6 +62,8 @@ def run_head(settings: ServerSettings) -> int:
         host=settings.host,
         port=settings.port,
         log_level="info",
+        # One line per request (and per WebSocket) only when --log-level asks for INFO.
+        access_log=logging.getLogger().isEnabledFor(logging.INFO),
         # Open WebSockets get this long to finish before the lifespan ends their runs.
         timeout_graceful_shutdown=3,
         ws_max_size=settings.max_body_bytes,

@@ -20,6 +20,7 @@ that is polled (see :meth:`RayExecutor.on_nodes_changed`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import string
@@ -229,7 +230,9 @@ class _RayHandle(TaskHandle):
 # --- the executor ---------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_ray_node_id(node_id: str) -> bool:
+    # Asked for every submission, of the same few node ids.
     return len(node_id) == 2 * ray.NodeID.size() and all(c in string.hexdigits for c in node_id)
 
 

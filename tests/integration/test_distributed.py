@@ -527,7 +527,8 @@ def test_killing_a_workers_process_group_mid_run_loses_nothing(cluster: Cluster)
     results = finished(messages)
     assert results[square.task_id]["y"] == 144 and results[after.task_id] == {"z": 145}
     assert results[square.task_id]["node"] in (cluster.cpu.node_id, cluster.gpu.node_id)
-    # The client is told where the task runs now.
+    # The client is told where the task runs now; it is not sent back to the node that lost
+    # it while that node is still dying.
     first_start, second_start = starts(messages, square.task_id)
     assert first_start["node_id"] == big.node_id and "attempt" not in first_start
     assert second_start["node_id"] == results[square.task_id]["node"]

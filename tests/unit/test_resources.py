@@ -273,6 +273,22 @@ def test_select_node_returns_none_when_nothing_has_room_now() -> None:
     assert rm.select_node(three) is not None
 
 
+def test_an_avoided_node_is_used_only_when_no_other_could_ever_hold_the_task() -> None:
+    rm = manager(("dying", NodeResources(8, GB)), ("other", NodeResources(2, GB)))
+    two = req(cpu=2)
+
+    # Another node has room: it is chosen although the avoided one has more CPU free.
+    first = rm.select_node(two, frozenset({"dying"}))
+    # Another node could hold it, once free: the task waits for it.
+    waiting = rm.select_node(two, frozenset({"dying"}))
+    # Only the avoided node could ever hold it: it goes there.
+    only_there = rm.select_node(req(cpu=4), frozenset({"dying"}))
+
+    assert first is not None and first.node_id == "other"
+    assert waiting is None
+    assert only_there is not None and only_there.node_id == "dying"
+
+
 def test_a_request_no_node_can_ever_hold_is_explained() -> None:
     rm = manager(("small", NodeResources(2, 4 * GB)), ("large", NodeResources(8, 16 * GB)))
     huge = req(cpu=16, cpu_mem=1024)

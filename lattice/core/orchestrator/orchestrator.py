@@ -16,6 +16,7 @@ from typing import Any
 from lattice.core.observer import EngineObserver
 from lattice.core.orchestrator.context import BaseContext, RunContext, SingleTaskContext
 from lattice.core.orchestrator.events import EventStore, InMemoryEventStore, RunLog
+from lattice.core.orchestrator.handoff import LoopHandoff
 from lattice.core.resource.manager import ResourceManager
 from lattice.core.resource.node import NodeResources
 from lattice.core.runtime.task import LangGraphTaskRuntime
@@ -101,12 +102,8 @@ class Orchestrator:
 
     async def start_monitor(self) -> None:
         """Route scheduler messages onto this event loop (no polling: a thread-safe hand-off)."""
-        loop = asyncio.get_running_loop()
-
-        def listener(message: Message) -> None:
-            loop.call_soon_threadsafe(self._handle_scheduler_message, message)
-
-        self._bus.set_listener(listener)
+        handoff = LoopHandoff(asyncio.get_running_loop(), self._handle_scheduler_message)
+        self._bus.set_listener(handoff.put)
 
     def cleanup(self, timeout: float = 5.0, *, shutdown_executor: bool = True) -> None:
         """End open runs, stop the scheduler and, unless ``shutdown_executor`` is False (an

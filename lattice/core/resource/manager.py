@@ -131,9 +131,23 @@ class ResourceManager:
 
     # --- placement --------------------------------------------------------------------------
 
-    def select_node(self, requirements: TaskResourceRequirements) -> SelectedNode | None:
-        """Allocate ``requirements`` on the best node that has room now, or return None."""
+    def select_node(
+        self, requirements: TaskResourceRequirements, avoid: frozenset[str] = frozenset()
+    ) -> SelectedNode | None:
+        """Allocate ``requirements`` on the best node that has room now, or return None.
+
+        Nodes in ``avoid`` are taken only when no other node could ever hold the task; while
+        another one could, the task waits for it rather than go to an avoided node.
+        """
         candidates = [n for n in self._nodes.values() if n.can_run_task(requirements)]
+        if avoid:
+            preferred = [n for n in candidates if n.node_id not in avoid]
+            elsewhere = any(
+                n.node_id not in avoid and n.could_ever_run(requirements)
+                for n in self._nodes.values()
+            )
+            if preferred or elsewhere:
+                candidates = preferred
         if not candidates:
             return None
         # Keep GPU nodes for GPU work; among equals, the node with the most CPU free.

@@ -27,6 +27,9 @@ class PendingItem:
     priority: int
     batched: bool = False
     seq: int = field(default=0)
+    #: nodes its tasks were lost on: placed elsewhere if any other node can take them (a node
+    #: that lost a task is often dying before the cluster says so)
+    avoid: frozenset[str] = frozenset()
 
     @property
     def shape(self) -> Shape:

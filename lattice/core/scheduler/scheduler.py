@@ -164,7 +164,7 @@ class Scheduler:
             item = self._pending.best(blocked)
             if item is None:
                 return
-            node = self._rm.select_node(item.requirements)
+            node = self._rm.select_node(item.requirements, item.avoid)
             if node is not None:
                 self._pending.pop(item)
                 self._submit_task(item, node)
@@ -282,7 +282,13 @@ class Scheduler:
             for task in live:
                 task.status = TaskStatus.READY
             self._pending.push_front(
-                PendingItem(live, item.requirements, item.priority, item.batched)
+                PendingItem(
+                    live,
+                    item.requirements,
+                    item.priority,
+                    item.batched,
+                    avoid=item.avoid | {node.node_id},
+                )
             )
             return
         if not outcome.ok:
