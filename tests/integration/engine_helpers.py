@@ -24,6 +24,7 @@ import cloudpickle
 
 from lattice.core.orchestrator.orchestrator import Orchestrator
 from lattice.core.resource.node import NodeResources
+from lattice.core.workflow.base import CodeTaskConfig
 from lattice.executor.base import ExecutorBackend
 from lattice.serialization import decode_value, dumps_b64
 
@@ -97,13 +98,15 @@ class WorkflowBuilder:
     ) -> None:
         self.workflow.save_task(
             task_id,
+            CodeTaskConfig(
+                task_input=task_input(inputs or {}),
+                task_output=task_output(outputs),
+                code_str=None,
+                serialized_code=dumps_b64(fn),
+                resources=resources if resources is not None else {"cpu": cpu},
+                batch_config=batch,
+            ),
             add_edges=True,
-            task_input=task_input(inputs or {}),
-            task_output=task_output(outputs),
-            code_str=None,
-            serialized_code=dumps_b64(fn),
-            resources=resources if resources is not None else {"cpu": cpu},
-            batch_config=batch,
         )
 
     def add(

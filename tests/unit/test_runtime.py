@@ -14,7 +14,7 @@ from lattice.core.runtime.task import CodeTaskRuntime, LangGraphTaskRuntime, Tas
 from lattice.core.runtime.workflow import WorkflowRuntimeManager
 from lattice.core.scheduler.pending import PendingItem
 from lattice.core.scheduler.submission import build_submission, split_outcome
-from lattice.core.workflow.base import CodeTask, Workflow
+from lattice.core.workflow.base import CodeTask, CodeTaskConfig, Workflow
 from lattice.core.workflow.inputs import BatchConfig, TaskRef
 from lattice.exceptions import InvalidReferenceError
 from lattice.executor.base import TaskKind, TaskOutcome
@@ -198,27 +198,31 @@ def test_a_code_task_runtime_splits_user_values_from_task_references() -> None:
         wf.add_task(tid, CodeTask("wf", tid, tid))
     wf.save_task(
         "src",
+        CodeTaskConfig(
+            task_input=None,
+            task_output={"output_params": {"0": {"key": "out"}}},
+            code_str=None,
+            serialized_code=dumps_b64(add),
+            resources={"cpu": 0.25},
+        ),
         add_edges=True,
-        task_input=None,
-        task_output={"output_params": {"0": {"key": "out"}}},
-        code_str=None,
-        serialized_code=dumps_b64(add),
-        resources={"cpu": 0.25},
     )
     wf.save_task(
         "t",
+        CodeTaskConfig(
+            task_input={
+                "input_params": {
+                    "0": {"key": "a", "input_schema": "from_user", "value": 5},
+                    "1": {"key": "b", "input_schema": "from_task", "value": "src.out"},
+                }
+            },
+            task_output={"output_params": {"0": {"key": "sum"}}},
+            code_str=None,
+            serialized_code=dumps_b64(add),
+            resources={"cpu": 0.25},
+            priority=1,
+        ),
         add_edges=True,
-        task_input={
-            "input_params": {
-                "0": {"key": "a", "input_schema": "from_user", "value": 5},
-                "1": {"key": "b", "input_schema": "from_task", "value": "src.out"},
-            }
-        },
-        task_output={"output_params": {"0": {"key": "sum"}}},
-        code_str=None,
-        serialized_code=dumps_b64(add),
-        resources={"cpu": 0.25},
-        priority=1,
     )
 
     runtime = code_task_runtime("run-1", wf.get_code_task("t"))

@@ -6,7 +6,14 @@ from typing import Any
 
 import pytest
 
-from lattice.core.workflow.base import BaseTask, CodeTask, LangGraphTask, TaskType, Workflow
+from lattice.core.workflow.base import (
+    BaseTask,
+    CodeTask,
+    CodeTaskConfig,
+    LangGraphTask,
+    TaskType,
+    Workflow,
+)
 from lattice.core.workflow.inputs import BatchConfig, InputSchema, TaskRef, parse_task_input
 from lattice.exceptions import (
     CycleError,
@@ -66,12 +73,14 @@ def save(
 ) -> None:
     wf.save_task(
         task_id,
+        CodeTaskConfig(
+            task_input=task_input,
+            task_output=outputs(*out),
+            code_str="def double(...)",
+            serialized_code=CODE,
+            resources=resources,
+        ),
         add_edges=add_edges,
-        task_input=task_input,
-        task_output=outputs(*out),
-        code_str="def double(...)",
-        serialized_code=CODE,
-        resources=resources,
     )
 
 
@@ -339,12 +348,14 @@ def test_save_task_rejects_code_that_is_not_a_pickle() -> None:
     with pytest.raises(InvalidCodeError):
         wf.save_task(
             "a",
+            CodeTaskConfig(
+                task_input=None,
+                task_output=None,
+                code_str=None,
+                serialized_code="bm90IGEgcGlja2xl",  # base64 of "not a pickle"
+                resources=None,
+            ),
             add_edges=True,
-            task_input=None,
-            task_output=None,
-            code_str=None,
-            serialized_code="bm90IGEgcGlja2xl",  # base64 of "not a pickle"
-            resources=None,
         )
     assert not wf.get_code_task("a").saved
 
@@ -390,14 +401,16 @@ def test_code_task_to_dict() -> None:
     wf = workflow_with("a")
     wf.save_task(
         "a",
+        CodeTaskConfig(
+            task_input=user(x=1),
+            task_output=outputs("y"),
+            code_str="src",
+            serialized_code=CODE,
+            resources={"cpu": 0.5, "cpu_mem": 256},
+            batch_config={"batch_size": 4, "batch_timeout": 2},
+            priority=1,
+        ),
         add_edges=True,
-        task_input=user(x=1),
-        task_output=outputs("y"),
-        code_str="src",
-        serialized_code=CODE,
-        resources={"cpu": 0.5, "cpu_mem": 256},
-        batch_config={"batch_size": 4, "batch_timeout": 2},
-        priority=1,
     )
 
     assert wf.get_task("a").to_dict() == {

@@ -35,7 +35,7 @@ class SandboxRequest(_Body):
     memory_limit_mb: int | None = Field(None, gt=0)
 
 
-class _TaskConfig(_Body):
+class TaskConfigBody(_Body):
     """What a code task is saved with (``/save_task`` and each task of ``/add_tasks``)."""
 
     task_input: dict[str, Any] = Field(default_factory=dict)
@@ -51,7 +51,7 @@ class _TaskConfig(_Body):
     sandbox: SandboxRequest | None = None
 
 
-class SaveTaskRequest(_TaskConfig):
+class SaveTaskRequest(TaskConfigBody):
     workflow_id: str
     task_id: str
     task_name: str | None = None
@@ -66,7 +66,7 @@ class EdgeRequest(_Body):
     target_task_id: str
 
 
-class BatchTaskRequest(_TaskConfig):
+class BatchTaskRequest(TaskConfigBody):
     #: a UUID the client chose (so that it can refer to the task before the answer); left
     #: out, the server picks one
     task_id: str | None = None

@@ -21,10 +21,11 @@ from lattice.api.models.schemas import (
     RunWorkflowResponse,
     SandboxRequest,
     SaveTaskRequest,
+    TaskConfigBody,
     StatusResponse,
 )
 from lattice.core.orchestrator.orchestrator import Orchestrator
-from lattice.core.workflow.base import CodeTaskDraft, TaskType
+from lattice.core.workflow.base import CodeTaskConfig, CodeTaskDraft, TaskType
 from lattice.exceptions import LatticeInputError, NotFoundError
 from lattice.executor.sandbox.policy import SandboxLevel, SandboxSpec
 
@@ -51,19 +52,22 @@ def _sandbox(request: SandboxRequest | None) -> SandboxSpec | None:
     )
 
 
-def _save(orch: Orchestrator, body: SaveTaskRequest, *, add_edges: bool) -> StatusResponse:
-    orch.get_workflow(body.workflow_id).save_task(
-        body.task_id,
-        add_edges=add_edges,
+def _config(body: TaskConfigBody) -> CodeTaskConfig:
+    return CodeTaskConfig(
+        serialized_code=body.code_ser,
         task_input=body.task_input,
         task_output=body.task_output,
         code_str=body.code_str,
-        serialized_code=body.code_ser,
         resources=body.resources,
         batch_config=body.batch_config,
         priority=body.priority,
         sandbox=_sandbox(body.sandbox),
-        task_name=body.task_name,
+    )
+
+
+def _save(orch: Orchestrator, body: SaveTaskRequest, *, add_edges: bool) -> StatusResponse:
+    orch.get_workflow(body.workflow_id).save_task(
+        body.task_id, _config(body), add_edges=add_edges, task_name=body.task_name
     )
     return StatusResponse()
 
@@ -73,18 +77,7 @@ def _draft(task: BatchTaskRequest) -> CodeTaskDraft:
         raise LatticeInputError(
             f"task {task.task_name!r}: /add_tasks takes code tasks, not {task.task_type!r}"
         )
-    return CodeTaskDraft(
-        task_id=task.task_id or str(uuid.uuid4()),
-        task_name=task.task_name,
-        task_input=task.task_input,
-        task_output=task.task_output,
-        code_str=task.code_str,
-        serialized_code=task.code_ser,
-        resources=task.resources,
-        batch_config=task.batch_config,
-        priority=task.priority,
-        sandbox=_sandbox(task.sandbox),
-    )
+    return CodeTaskDraft(task.task_id or str(uuid.uuid4()), task.task_name, _config(task))
 
 
 @router.post("/add_tasks", response_model=AddTasksResponse)

@@ -77,15 +77,24 @@ class BaseTask(ABC):
     def to_dict(self) -> dict[str, Any]: ...
 
 
-@dataclass
-class CodeTask(BaseTask):
-    resources: dict[str, Any] | None = None
+@dataclass(frozen=True)
+class CodeTaskConfig:
+    """What a code task is saved with (``/save_task``, one task of ``/add_tasks``), as sent."""
+
+    serialized_code: str | None
     task_input: dict[str, Any] | None = None
     task_output: dict[str, Any] | None = None
     code_str: str | None = None
-    serialized_code: str | None = None
+    resources: dict[str, Any] | None = None
     batch_config: dict[str, Any] | None = None
-    # Parsed forms, set by save(): what the engine reads.
+    priority: int | None = None
+    sandbox: SandboxSpec | None = None
+
+
+@dataclass
+class CodeTask(BaseTask):
+    #: as saved (None until it is); the fields below are its parsed forms, what the engine reads
+    config: CodeTaskConfig | None = None
     requirements: TaskResourceRequirements = field(default_factory=TaskResourceRequirements)
     inputs: tuple[InputParam, ...] = ()
     outputs: tuple[str, ...] = ()
@@ -103,34 +112,21 @@ class CodeTask(BaseTask):
     def saved(self) -> bool:
         return self.code is not None
 
-    def save(
-        self,
-        task_input: dict[str, Any] | None,
-        task_output: dict[str, Any] | None,
-        code_str: str | None,
-        serialized_code: str | None,
-        resources: dict[str, Any] | None,
-        batch_config: dict[str, Any] | None = None,
-        *,
-        priority: int | None = None,
-        sandbox: SandboxSpec | None = None,
-    ) -> None:
+    def save(self, config: CodeTaskConfig) -> None:
         """Validate everything, then store it; on any error nothing changes."""
-        if not serialized_code:
+        if not config.serialized_code:
             raise LatticeInputError("code_ser (or serialized_code) is required")
-        code = decode_code(serialized_code)
-        inputs = parse_task_input(task_input)
-        outputs = parse_task_output(task_output)
-        requirements = TaskResourceRequirements.from_dict(resources)
-        batch = BatchConfig.parse(batch_config)
-        prio = parse_priority(priority)
+        code = decode_code(config.serialized_code)
+        inputs = parse_task_input(config.task_input)
+        outputs = parse_task_output(config.task_output)
+        requirements = TaskResourceRequirements.from_dict(config.resources)
+        batch = BatchConfig.parse(config.batch_config)
+        prio = parse_priority(config.priority)
         # All valid: commit.
-        self.task_input, self.task_output = task_input, task_output
-        self.code_str, self.serialized_code = code_str, serialized_code
-        self.resources, self.batch_config = resources, batch_config
+        self.config = config
         self.inputs, self.outputs, self.requirements = inputs, outputs, requirements
         self.code, self.code_id, self.batch = code, code_digest(code), batch
-        self.priority, self.sandbox = prio, sandbox
+        self.priority, self.sandbox = prio, config.sandbox
 
     def references(self) -> list[InputParam]:
         return [p for p in self.inputs if p.schema is InputSchema.FROM_TASK]
@@ -141,9 +137,9 @@ class CodeTask(BaseTask):
             "task_id": self.task_id,
             "task_name": self.task_name,
             "task_type": self.task_type.value,
-            "task_input": self.task_input,
-            "task_output": self.task_output,
-            "code_str": self.code_str,
+            "task_input": self.config.task_input if self.config else None,
+            "task_output": self.config.task_output if self.config else None,
+            "code_str": self.config.code_str if self.config else None,
             "resources": self.requirements.to_dict(),
             "batch_config": self.batch.to_dict() if self.batch else None,
             "priority": self.priority,
@@ -205,19 +201,11 @@ class LangGraphTask(BaseTask):
 
 @dataclass(frozen=True)
 class CodeTaskDraft:
-    """One code task of a batch (:meth:`Workflow.add_code_tasks`): its id and name, and what
-    ``/save_task`` would carry for it."""
+    """One code task of a batch (:meth:`Workflow.add_code_tasks`)."""
 
     task_id: str
     task_name: str
-    task_input: dict[str, Any] | None
-    task_output: dict[str, Any] | None
-    code_str: str | None
-    serialized_code: str | None
-    resources: dict[str, Any] | None = None
-    batch_config: dict[str, Any] | None = None
-    priority: int | None = None
-    sandbox: SandboxSpec | None = None
+    config: CodeTaskConfig
 
 
 class Workflow:
@@ -313,18 +301,7 @@ class Workflow:
                 )
                 added.append(draft.task_id)
             for draft in drafts:
-                self.save_task(
-                    draft.task_id,
-                    add_edges=True,
-                    task_input=draft.task_input,
-                    task_output=draft.task_output,
-                    code_str=draft.code_str,
-                    serialized_code=draft.serialized_code,
-                    resources=draft.resources,
-                    batch_config=draft.batch_config,
-                    priority=draft.priority,
-                    sandbox=draft.sandbox,
-                )
+                self.save_task(draft.task_id, draft.config, add_edges=True)
             for source, target in edges:
                 if not self._graph.has_edge(source, target):
                     self.add_edge(source, target)
@@ -346,32 +323,16 @@ class Workflow:
     def save_task(
         self,
         task_id: str,
+        config: CodeTaskConfig,
         *,
         add_edges: bool,
-        task_input: dict[str, Any] | None,
-        task_output: dict[str, Any] | None,
-        code_str: str | None,
-        serialized_code: str | None,
-        resources: dict[str, Any] | None,
-        batch_config: dict[str, Any] | None = None,
-        priority: int | None = None,
-        sandbox: SandboxSpec | None = None,
         task_name: str | None = None,
     ) -> None:
         """Save a code task's configuration; with ``add_edges``, also wire its ``from_task``
         inputs. Validates references and cycles first: on any error nothing changes."""
         task = self.get_code_task(task_id)
         trial = copy.copy(task)
-        trial.save(
-            task_input,
-            task_output,
-            code_str,
-            serialized_code,
-            resources,
-            batch_config,
-            priority=priority,
-            sandbox=sandbox,
-        )
+        trial.save(config)
         sources: list[str] = []
         for param in trial.references():
             assert param.ref is not None
