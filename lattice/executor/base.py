@@ -122,6 +122,11 @@ class ExecutorBackend(ABC):
         Backends without membership (local) never call it.
         """
 
+    def release_node(self, node_id: str) -> None:  # noqa: B027
+        """``node_id`` was disconnected and runs none of Lattice's tasks any more: let go of
+        whatever the backend keeps there (the Ray executor's task host), so that nothing
+        holds the node up while it leaves."""
+
     @abstractmethod
     def submit(self, submission: TaskSubmission) -> TaskHandle: ...
 

@@ -523,6 +523,11 @@ class RayExecutor(ExecutorBackend):
         ref = remote.remote(packed.payload, packed.upstream, code, sandbox, *packed.refs)
         return _RayHandle(submission, ref, where)
 
+    def release_node(self, node_id: str) -> None:
+        """Stop the task host on ``node_id`` (see ExecutorBackend.release_node)."""
+        if self._hosts is not None:
+            self._hosts.release(node_id)
+
     def _task_options(self, sub: TaskSubmission, pinned: bool) -> Any:
         """The remote function with this submission's options. ``.options()`` builds a new
         wrapper (and validates every option) on each call, so the wrappers are kept by what

@@ -148,6 +148,14 @@ class HostPool:
             if self._hosts.get(node_id) is host:
                 del self._hosts[node_id]
 
+    def release(self, node_id: str) -> None:
+        """Stop the host of ``node_id``, if it has one (its node is leaving and runs none of
+        its tasks): a live actor would hold the node up while Ray drains it."""
+        with self._lock:
+            host = self._hosts.pop(node_id, None)
+        if host is not None:
+            _kill(host)
+
     def hosts(self) -> dict[str, Any]:
         with self._lock:
             return dict(self._hosts)
@@ -157,8 +165,12 @@ class HostPool:
         with self._lock:
             hosts, self._hosts = list(self._hosts.values()), {}
         for host in hosts:
-            try:
-                ray.kill(host, no_restart=True)
-            except (ray.exceptions.RayError, ValueError):
-                # Already dead, or Ray is gone: either way it no longer runs.
-                continue
+            _kill(host)
+
+
+def _kill(host: Any) -> None:
+    try:
+        ray.kill(host, no_restart=True)
+    except (ray.exceptions.RayError, ValueError):
+        # Already dead, or Ray is gone: either way it no longer runs.
+        return

@@ -120,6 +120,12 @@ def three_cpus_behind_door(params: dict[str, Any]) -> dict[str, Any]:
     return {"node": ray_node_id()}
 
 
+@task(inputs=["x"], outputs=["node"], resources={"cpu": 0.5, "cpu_mem": 150_000})
+def light_on_the_roomy_node(params: dict[str, Any]) -> dict[str, Any]:
+    """Light (it runs on its node's task host); only a worker declaring 150 GB holds it."""
+    return {"node": ray_node_id()}
+
+
 @task(inputs=["x"], outputs=["node"], resources={"cpu": 4})
 def four_cpus(params: dict[str, Any]) -> dict[str, Any]:
     return {"node": ray_node_id()}
@@ -725,3 +731,25 @@ def test_ctrl_c_drains_the_worker_lets_its_task_finish_and_takes_its_node_down(
     assert code == 0, worker.output
     assert "Traceback" not in worker.output, worker.output
     assert survivors == []
+
+
+def test_a_worker_that_ran_light_tasks_leaves_without_waiting_out_its_drain(
+    cluster: Cluster,
+) -> None:
+    # The task host (a Ray actor) the light task left on the node would keep Ray draining it
+    # for the full --drain-timeout; the head lets go of it once the node is disconnected.
+    roomy = WorkerProcess(
+        f"127.0.0.1:{cluster.head.port}",
+        *("--num-cpus", "1", "--memory", "200000", "--drain-timeout", "120"),
+    ).wait_ready()
+    try:
+        wf = cluster.client.create_workflow()
+        light = wf.add_task(light_on_the_roomy_node, inputs={"x": 1})
+        outputs = wf.get_outputs(wf.run(), timeout=WAIT)
+        os.killpg(roomy.proc.pid, signal.SIGINT)
+        code = roomy.wait(timeout=60)  # well inside the 120 s drain
+    finally:
+        roomy.kill()
+
+    assert outputs[light] == {"node": roomy.node_id}
+    assert code == 0, roomy.output

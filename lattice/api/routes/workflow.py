@@ -21,8 +21,8 @@ from lattice.api.models.schemas import (
     RunWorkflowResponse,
     SandboxRequest,
     SaveTaskRequest,
-    TaskConfigBody,
     StatusResponse,
+    TaskConfigBody,
 )
 from lattice.core.orchestrator.orchestrator import Orchestrator
 from lattice.core.workflow.base import CodeTaskConfig, CodeTaskDraft, TaskType

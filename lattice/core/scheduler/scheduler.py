@@ -263,6 +263,7 @@ class Scheduler:
         item, node, outcome = running.item, running.node, data.outcome
         self._rm.release_task_resources(node.node_id, item.requirements, node.gpu_ids)
         self._gauges_dirty = True
+        self._release_if_drained(node.node_id)
         live = [t for t in item.tasks if not self._runtime.is_cancelled(t.run_id, t.task_id)]
         for task in item.tasks:
             if task not in live:
@@ -397,7 +398,18 @@ class Scheduler:
         except NodeNotFoundError:
             # Deregistering twice, or after the node was already forgotten, changes nothing.
             log.warning("disconnect for unknown node %s ignored", message.data.node_id)
+            return
         self._gauges_dirty = True
+        self._release_if_drained(message.data.node_id)
+
+    def _release_if_drained(self, node_id: str) -> None:
+        """Once a disconnected node runs nothing more, the executor lets go of it."""
+        try:
+            draining = self._rm.get_node(node_id).status is NodeStatus.DRAINING
+        except NodeNotFoundError:
+            return
+        if draining and not any(r.node.node_id == node_id for r in self._running.values()):
+            self._executor.release_node(node_id)
 
     def _check_nodes(self, message: Message) -> None:
         self._refresh_nodes()
