@@ -17,6 +17,7 @@ from lattice.executor.base import (
     TaskOutcome,
     TaskSubmission,
 )
+from lattice.executor.large_values import keep_in_process, keep_large_values
 from lattice.executor.runner import execute
 from lattice.executor.sandbox.runner import SandboxRunner
 
@@ -70,11 +71,16 @@ class LocalExecutor(ExecutorBackend):
         if self._pool is None:
             self.initialize()
         assert self._pool is not None
-        if self._sandbox is not None and self._sandbox.applies(submission):
-            future = self._pool.submit(self._sandbox.run, submission)
-        else:
-            future = self._pool.submit(execute, submission, set_gpu_env=False)
+        future = self._pool.submit(self._run, submission)
         return _LocalHandle(submission.task_key, future)
+
+    def _run(self, submission: TaskSubmission) -> TaskOutcome:
+        if self._sandbox is not None and self._sandbox.applies(submission):
+            outcome = self._sandbox.run(submission)
+        else:
+            outcome = execute(submission, set_gpu_env=False)
+        # Large outputs stay the objects they are; runs and clients get a reference.
+        return keep_large_values(outcome, submission.kind, keep_in_process)
 
     def cancel(self, handle: TaskHandle) -> bool:
         # A thread cannot be interrupted; a queued task can. A sandboxed task's child process

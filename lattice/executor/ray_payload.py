@@ -10,7 +10,7 @@ A submission crosses to the worker as three parts, each the cheapest form for wh
   left in upstream inputs, and :class:`StoredValue` outputs (see below).
 
 Large results. The head owns the object that holds each task's outcome (it submitted the task).
-When an output value is large (:func:`is_large`), the head does not copy it into the next
+When an output value is large (see ``large_values``), the head does not copy it into the next
 task's arguments: it keeps a :class:`StoredValue` (the outcome's ref, the value's place in it,
 and the head's zero-copy view of it) as the task's raw result. A dependant receives the ref as
 an argument, so Ray hands it the value straight from the object store; and a client that
@@ -27,32 +27,12 @@ import cloudpickle
 import ray
 
 from lattice.executor.base import TaskKind, TaskOutcome, TaskSubmission
-from lattice.serialization import LargeValue, SealedValue
+from lattice.executor.large_values import describe, keep_large_values, value_size
+from lattice.serialization import LargeValue
 
-#: an output value larger than this (bytes) stays in the object store between tasks
-LARGE_VALUE_BYTES = 1024 * 1024
 #: code larger than this goes to the object store once per function instead of with every
 #: submission; Ray itself puts any argument above 100 KiB into the object store on each call
 CODE_INLINE_BYTES = 100 * 1024
-
-
-def value_size(value: Any) -> int | None:
-    """Bytes of an array-like, bytes-like or str value, read without serializing it; None
-    for anything else (which is then passed by value, as small values are)."""
-    if isinstance(value, bytes | bytearray | str):
-        return len(value)
-    if type(value) is SealedValue:  # a sandboxed task's value, still its pickle
-        return len(value.data)
-    nbytes = getattr(type(value), "nbytes", None)
-    if nbytes is None:
-        return None
-    size = getattr(value, "nbytes", None)  # numpy, torch, pyarrow, memoryview, pandas Series
-    return size if isinstance(size, int) else None
-
-
-def is_large(value: Any) -> bool:
-    size = value_size(value)
-    return size is not None and size > LARGE_VALUE_BYTES
 
 
 class StoredValue(LargeValue):
@@ -76,8 +56,7 @@ class StoredValue(LargeValue):
         return self.value
 
     def describe(self) -> dict[str, Any]:
-        t = type(self.value)
-        return {"bytes": self.nbytes, "type": f"{t.__module__}.{t.__qualname__}"}
+        return describe(self.value)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Anything that pickles a stored value (rather than passing its ref) gets the value.
@@ -94,29 +73,9 @@ def _identity(value: Any) -> Any:
 def store_large_values(
     outcome: TaskOutcome, ref: ray.ObjectRef[Any], kind: TaskKind
 ) -> TaskOutcome:
-    """Replace the large top-level output values of a successful CODE or BATCH outcome with
-    :class:`StoredValue` (head side). LangGraph results only ever go to the caller: unchanged."""
-    if not outcome.ok or kind is TaskKind.LANGGRAPH:
-        return outcome
-    value = outcome.value
-    if kind is TaskKind.CODE:
-        stored = _store_dict(value, ref, ())
-        return outcome if stored is value else replace(outcome, value=stored)
-    if not isinstance(value, list):
-        return outcome
-    items = [_store_dict(v, ref, (i,)) for i, v in enumerate(value)]
-    if all(a is b for a, b in zip(items, value, strict=True)):
-        return outcome
-    return replace(outcome, value=items)
-
-
-def _store_dict(outputs: Any, ref: ray.ObjectRef[Any], prefix: tuple[Any, ...]) -> Any:
-    if not isinstance(outputs, dict) or not any(is_large(v) for v in outputs.values()):
-        return outputs
-    return {k: StoredValue(ref, (*prefix, k), v) if is_large(v) else v for k, v in outputs.items()}
-
-
-# --- packing a submission -------------------------------------------------------------------
+    """Replace the large top-level output values of a successful outcome with
+    :class:`StoredValue` (head side; see :func:`~lattice.executor.large_values.keep_large_values`)."""
+    return keep_large_values(outcome, kind, lambda path, value: StoredValue(ref, path, value))
 
 
 @dataclass(frozen=True)

@@ -3,18 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import functools
-from collections.abc import Callable
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None)  # glibc only
-    return trim if callable(trim) else None
 
 
 def return_free_memory() -> bool:
@@ -22,9 +10,10 @@ def return_free_memory() -> bool:
 
     After a large run is retired, its objects are freed but glibc keeps the pages for reuse,
     so the process's resident size stays at its peak; ``malloc_trim`` releases them. Returns
-    whether it could be asked (False where the C library has no ``malloc_trim``).
+    whether it could be asked (False where the C library has no ``malloc_trim``, e.g. musl
+    or macOS).
     """
-    trim = _malloc_trim()
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the process's own C library
     if trim is None:
         return False
     trim(0)

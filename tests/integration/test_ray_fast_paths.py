@@ -42,8 +42,9 @@ from tests.integration import engine_helpers as h
 from tests.integration.engine_helpers import Engine, WorkflowBuilder, run_workflow
 
 pytest.importorskip("ray", reason='these tests need Ray: pip install "ray[default]"')
+from lattice.executor.large_values import LARGE_VALUE_BYTES
 from lattice.executor.ray_executor import RayExecutor
-from lattice.executor.ray_payload import LARGE_VALUE_BYTES, StoredValue
+from lattice.executor.ray_payload import StoredValue
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import signal
 import time
 from pathlib import Path
@@ -129,10 +130,9 @@ class TaskCgroup:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            if time.monotonic() > end:
+            left = end - time.monotonic()
+            if left <= 0 or not _wait_for_exits(pids, left):
                 return False
-            # SIGKILL is delivered asynchronously: give the victims a moment to leave
-            time.sleep(0.001)
 
     def destroy(self) -> None:
         """Kill what is left and remove the directory; missing is fine."""
@@ -154,3 +154,31 @@ def process_limit_unavailable() -> str | None:
             "applies RLIMIT_NPROC to uid 0"
         )
     return None
+
+
+def _wait_for_exits(pids: list[int], timeout: float) -> bool:
+    """Block until each of ``pids`` has exited (SIGKILL is delivered asynchronously), or
+    ``timeout`` seconds have passed: each process's pidfd becomes readable when it exits.
+    False if no process could be waited for (a kernel without pidfds)."""
+    fds: list[int] = []
+    try:
+        for pid in pids:
+            try:
+                fds.append(os.pidfd_open(pid))
+            except ProcessLookupError:
+                continue  # already gone
+            except OSError:
+                return False
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        end = time.monotonic() + timeout
+        waiting = len(fds)
+        while waiting and (left := end - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                poller.unregister(fd)
+                waiting -= 1
+        return True
+    finally:
+        for fd in fds:
+            os.close(fd)
