@@ -45,6 +45,7 @@ from lattice.executor.base import (
 )
 from lattice.executor.local_executor import CANCELLED
 from lattice.executor.ray_hosts import HostPool, is_light
+from lattice.executor.ray_membership import NodeWatcher, alive_ids
 from lattice.executor.ray_node import START_TIMEOUT, RayHead, align_auth_mode
 from lattice.executor.ray_payload import CODE_INLINE_BYTES, pack, store_large_values, unpack
 from lattice.executor.ray_ports import NodePorts
@@ -243,10 +244,6 @@ def _ray_nodes() -> list[dict[str, Any]]:
         raise LatticeWorldError(f"cannot list the nodes of the Ray cluster: {exc}") from exc
 
 
-def _alive_ids(nodes: list[dict[str, Any]]) -> set[str]:
-    return {str(n["NodeID"]) for n in nodes if n.get("Alive")}
-
-
 def _affinity(node_id: str) -> NodeAffinitySchedulingStrategy:
     return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
 
@@ -264,7 +261,6 @@ class RayExecutor(ExecutorBackend):
         node_ports: with ``ray_port``, the port range the head's Ray node listens on (node
             manager, object manager, workers; see :class:`~lattice.executor.ray_ports.NodePorts`),
             so that a firewall can open exactly it. Default: ports Ray picks.
-        heartbeat_interval: seconds between two checks of cluster membership.
         cancel_grace: seconds a cancelled task has to stop by itself before its worker is
             killed, or (a light task on a task host) before it is reported cancelled (see
             :meth:`cancel`).
@@ -284,7 +280,6 @@ class RayExecutor(ExecutorBackend):
         sandbox: SandboxRunner | None = None,
         namespace: str = "lattice",
         node_ports: NodePorts | None = None,
-        heartbeat_interval: float = 1.0,
         cancel_grace: float = 2.0,
     ) -> None:
         if address is not None and ray_port is not None:
@@ -301,7 +296,6 @@ class RayExecutor(ExecutorBackend):
         self._node_ports = node_ports
         self._sandbox = sandbox
         self._namespace = namespace
-        self._heartbeat_interval = heartbeat_interval
         self._cancel_grace = cancel_grace
         self._lock = threading.Lock()
         self._initialized = False
@@ -317,8 +311,7 @@ class RayExecutor(ExecutorBackend):
         self._options: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._code_refs: OrderedDict[str, ray.ObjectRef[Any]] = OrderedDict()
         self._callbacks: list[Callable[[], None]] = []
-        self._stop = threading.Event()
-        self._heartbeat: threading.Thread | None = None
+        self._watcher: NodeWatcher | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -347,13 +340,11 @@ class RayExecutor(ExecutorBackend):
             self._remote = ray.remote(max_retries=0)(_run_in_worker)
             self._remote_fresh = ray.remote(max_retries=0, max_calls=1)(_run_in_fresh_worker)
             self._hosts = HostPool()
-            alive = _alive_ids(ray.nodes())
-            self._alive = frozenset(alive)
-            self._stop.clear()
-            self._heartbeat = threading.Thread(
-                target=self._watch_nodes, args=(alive,), name="lattice-ray-heartbeat", daemon=True
+            self._alive = alive_ids(ray.nodes())
+            self._watcher = NodeWatcher(
+                ray.get_runtime_context().gcs_address, self._alive, self._nodes_changed
             )
-            self._heartbeat.start()
+            self._watcher.start()
             self._initialized = True
 
     def _connect(self) -> None:
@@ -397,7 +388,7 @@ class RayExecutor(ExecutorBackend):
         self._owns_connection = True
 
     def shutdown(self) -> None:
-        """Stop the heartbeat; disconnect from Ray and stop the head if this executor made them.
+        """Stop watching the nodes; disconnect from Ray and stop the head if this executor made them.
 
         A cluster this executor only joined keeps running. Handles still pending never
         complete afterwards, so the scheduler is stopped first.
@@ -406,13 +397,12 @@ class RayExecutor(ExecutorBackend):
             if not self._initialized:
                 return
             self._initialized = False
-            self._stop.set()
-            heartbeat, self._heartbeat = self._heartbeat, None
+            watcher, self._watcher = self._watcher, None
             owns, self._owns_connection = self._owns_connection, False
             head, self._head = self._head, None
             hosts, self._hosts = self._hosts, None
-        if heartbeat is not None and heartbeat is not threading.current_thread():
-            heartbeat.join(timeout=30)
+        if watcher is not None:
+            watcher.stop()
         if hosts is not None:
             hosts.close()
         with self._submit_lock:
@@ -443,45 +433,24 @@ class RayExecutor(ExecutorBackend):
     def alive_node_ids(self) -> set[str]:
         """Ids of the nodes Ray counts alive. Raises LatticeWorldError like cluster_nodes."""
         self._require_initialized()
-        alive = _alive_ids(_ray_nodes())
-        self._alive = frozenset(alive)
-        return alive
+        self._alive = alive_ids(_ray_nodes())
+        return set(self._alive)
 
     def on_nodes_changed(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` on the heartbeat thread whenever the set of alive nodes changes.
-
-        Ray's public API has no push notification for nodes joining or dying, so a heartbeat
-        thread compares ``ray.nodes()`` every ``heartbeat_interval`` seconds: a change is seen
-        within that time. It is the only periodic work of this executor.
-        """
+        """Call ``callback()`` whenever the set of alive nodes changes, as the cluster's GCS
+        publishes it (see ray_membership: pushed, not polled), from the watcher's thread."""
         with self._lock:
             self._callbacks.append(callback)
 
-    def _watch_nodes(self, alive: set[str]) -> None:
-        unreachable = False
-        while not self._stop.wait(self._heartbeat_interval):
+    def _nodes_changed(self, alive: frozenset[str]) -> None:
+        self._alive = alive
+        with self._lock:
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
             try:
-                now = _alive_ids(ray.nodes())
-            except Exception:  # GCS unreachable: membership unknown, not changed
-                if not unreachable:
-                    logger.warning("cannot list Ray nodes; retrying", exc_info=True)
-                unreachable = True
-                continue
-            if unreachable:
-                logger.info("Ray nodes are reachable again")
-                unreachable = False
-            if now == alive:
-                continue
-            logger.info("Ray nodes changed: +%s -%s", sorted(now - alive), sorted(alive - now))
-            alive = now
-            self._alive = frozenset(now)
-            with self._lock:
-                callbacks = list(self._callbacks)
-            for callback in callbacks:
-                try:
-                    callback()
-                except Exception:  # one observer's bug must not stop the heartbeat
-                    logger.exception("nodes-changed callback %r failed", callback)
+                callback()
+            except Exception:  # one observer's bug must not stop the others
+                logger.exception("nodes-changed callback %r failed", callback)
 
     # --- tasks -------------------------------------------------------------------------------
 

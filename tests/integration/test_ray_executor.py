@@ -430,7 +430,7 @@ def test_sandboxed_task_runs_in_an_isolated_child_of_the_worker(
 @pytest.fixture
 def second_executor(ray_executor: RayExecutor) -> Iterator[RayExecutor]:
     """Another executor in this process: it uses the session's Ray connection, not owns it."""
-    executor = RayExecutor(heartbeat_interval=0.2)
+    executor = RayExecutor()
     executor.initialize()
     try:
         yield executor
@@ -506,7 +506,7 @@ _HEAD_SCRIPT = textwrap.dedent(
         return {"out": ray.get_runtime_context().get_node_id()}
 
     port = int(sys.argv[1])
-    executor = RayExecutor(ray_port=port, num_cpus=1, heartbeat_interval=0.2)
+    executor = RayExecutor(ray_port=port, num_cpus=1)
     executor.initialize()
     (head_id,) = executor.alive_node_ids()
     joined = threading.Event()

@@ -272,12 +272,12 @@ class Scheduler:
             return
         if outcome.lost:
             # Ray reports a task lost with its node (NodeDiedError) about when its GCS declares
-            # the node dead, up to a heartbeat before this scheduler hears of it. Look now, so
+            # the node dead, a moment before this scheduler hears of it. Look now, so
             # that the task is not placed on the dead node again (and lost once more).
             try:
                 self._refresh_nodes()
             except LatticeWorldError:
-                log.warning("cannot read cluster membership; the heartbeat will", exc_info=True)
+                log.warning("cannot read cluster membership; the node watcher will", exc_info=True)
         if outcome.lost and all(t.attempts < self._max_attempts for t in live):
             log.warning("task %s lost with its node %s; dispatching again", data.key, node.node_id)
             for task in live:
