@@ -75,8 +75,9 @@ def _keep_dict(outputs: Any, prefix: tuple[Any, ...], make: MakeLarge) -> Any:
 
 
 class KeptValue(LargeValue):
-    """A large output the local executor keeps as the object it is (it already lives in the
-    head's process). Pickling it gives the value: a sandboxed dependant receives the value."""
+    """A large output kept as the object it is, in the head's process (the local executor's;
+    the Ray executor's ``StoredValue`` adds where it lies in the object store). Pickling it
+    gives the value: whatever receives it by pickle (a sandboxed dependant) gets the value."""
 
     __slots__ = ("value",)
 

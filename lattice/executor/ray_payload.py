@@ -27,15 +27,14 @@ import cloudpickle
 import ray
 
 from lattice.executor.base import TaskKind, TaskOutcome, TaskSubmission
-from lattice.executor.large_values import describe, keep_large_values, value_size
-from lattice.serialization import LargeValue
+from lattice.executor.large_values import KeptValue, keep_large_values
 
 #: code larger than this goes to the object store once per function instead of with every
 #: submission; Ray itself puts any argument above 100 KiB into the object store on each call
 CODE_INLINE_BYTES = 100 * 1024
 
 
-class StoredValue(LargeValue):
+class StoredValue(KeptValue):
     """An output value left inside its task's outcome object in Ray's object store.
 
     ``path`` is its place in ``outcome.value`` (``(key,)``, or ``(index, key)`` in a batch).
@@ -44,30 +43,15 @@ class StoredValue(LargeValue):
     client gets when it fetches the value.
     """
 
-    __slots__ = ("nbytes", "path", "ref", "value")
+    __slots__ = ("path", "ref")
 
     def __init__(self, ref: ray.ObjectRef[Any], path: tuple[Any, ...], value: Any) -> None:
+        super().__init__(value)
         self.ref = ref
         self.path = path
-        self.value = value
-        self.nbytes = value_size(value) or 0
-
-    def load(self) -> Any:
-        return self.value
-
-    def describe(self) -> dict[str, Any]:
-        return describe(self.value)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Anything that pickles a stored value (rather than passing its ref) gets the value.
-        return (_identity, (self.value,))
 
     def __repr__(self) -> str:
-        return f"<StoredValue {self.describe()['type']} {self.nbytes} bytes at {self.path}>"
-
-
-def _identity(value: Any) -> Any:
-    return value
+        return f"<StoredValue {self.describe()} at {self.path}>"
 
 
 def store_large_values(
