@@ -222,6 +222,21 @@ def test_a_full_buffer_is_flushed_without_waiting_for_run(
     assert on_server == [t.task_id for t in tasks[:3]]
 
 
+def test_a_flush_that_cannot_reach_the_server_keeps_its_buffer() -> None:
+    with InProcessServer() as server, LatticeClient(server.url, timeout=WAIT) as client:
+        wf = client.create_workflow()
+        server.stop()
+        a = wf.add_task(square, inputs={"x": 2})
+        b = wf.add_task(plus_one_tagged, inputs={"y": a.outputs["y"], "tag": "t"})
+
+        with pytest.raises(LatticeConnectionError, match=f"{server.url}/add_tasks"):
+            wf.flush()
+
+        assert [t.task_id for t in wf.tasks] == [a.task_id, b.task_id]
+        with pytest.raises(LatticeConnectionError):
+            wf.run()  # the buffer is sent again, and still cannot be
+
+
 def test_an_edge_that_closes_a_cycle_is_refused_by_the_flush(client: LatticeClient) -> None:
     wf = client.create_workflow()
     a = wf.add_task(square, inputs={"x": 1})
