@@ -14,7 +14,9 @@ import os
 import pickle
 import signal
 import socket
+import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,7 +36,7 @@ from lattice.executor.sandbox.cgroup import process_limit_unavailable
 from lattice.executor.sandbox.docker import docker_available
 from lattice.executor.sandbox.policy import SandboxLevel, SandboxSpec
 from lattice.executor.sandbox.runner import SandboxRunner
-from lattice.executor.sandbox.seccomp_policy import build_filter, seccomp_unavailable
+from lattice.executor.sandbox.seccomp_policy import seccomp_unavailable
 from lattice.executor.sandbox.wire import ChildEnd, SealedValue, decode_outcome
 
 # The child cannot import this module by name under every level (the seccomp level hides
@@ -532,21 +534,24 @@ def test_foreign_abi_system_calls_are_killed(make_runner: Callable[..., SandboxR
 def test_signal_rules_stand_in_where_landlock_cannot_scope_signals() -> None:
     """Kernels before 6.12 cannot scope signals with Landlock; the seccomp rules then allow
     signals to the task's own process only."""
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the forked child
-        code = 1
+    # A fresh interpreter, not a fork of this one: this process has Ray's gRPC threads, and a
+    # forked copy of them can crash the child before it gets to the test.
+    child = textwrap.dedent(
+        """
+        import os, sys
+        from lattice.executor.sandbox.seccomp_policy import build_filter
+
+        build_filter(os.getpid(), restrict_signals=True).load()
+        os.kill(os.getpid(), 0)
         try:
-            build_filter(os.getpid(), restrict_signals=True).load()
-            os.kill(os.getpid(), 0)
-            try:
-                os.kill(parent, 0)
-            except PermissionError:
-                code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            os.kill(int(sys.argv[1]), 0)
+        except PermissionError:
+            sys.exit(0)
+        sys.exit(1)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", child, str(os.getpid())], timeout=60)
+    assert done.returncode == 0
 
 
 @needs_seccomp
