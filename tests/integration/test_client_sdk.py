@@ -251,36 +251,6 @@ def test_an_edge_that_closes_a_cycle_is_refused_by_the_flush(client: LatticeClie
     assert wf.get_outputs(wf.run(), timeout=WAIT)[b]["z"] == 2
 
 
-@task(inputs=["n"], outputs=["array"], resources={"cpu": 0.1})
-def big_array(params: dict[str, Any]) -> dict[str, Any]:
-    import numpy as np
-
-    return {"array": np.ones(params["n"])}
-
-
-@task(inputs=["array"], outputs=["total"], resources={"cpu": 0.1})
-def array_total(params: dict[str, Any]) -> dict[str, Any]:
-    return {"total": float(params["array"].sum())}
-
-
-def test_a_large_output_goes_by_reference_and_is_fetched_when_read(
-    client: LatticeClient,
-) -> None:
-    items = 2**18  # 2 MiB of float64: above the 1 MiB threshold
-    wf = client.create_workflow()
-    a = wf.add_task(big_array, inputs={"n": items})
-    b = wf.add_task(array_total, inputs={"array": a.outputs["array"]})
-    run_id = wf.run()
-    outputs = wf.get_outputs(run_id, timeout=WAIT)
-
-    # The dependant got the array itself; the run carries a reference to it.
-    assert outputs[b]["total"] == float(items)
-    wire = client.run_status(run_id)["tasks"][a.task_id]["result"]["array"]
-    assert wire == {"__lattice_ref__": {"bytes": items * 8, "type": "numpy.ndarray"}}
-    array = outputs[a]["array"]  # fetched now
-    assert isinstance(array, np.ndarray) and array.shape == (items,) and array.sum() == items
-
-
 # --- running ------------------------------------------------------------------------------
 
 

@@ -6,7 +6,6 @@ for a client's code. Nothing sleeps to wait: tests block on handles, events and 
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import socket
@@ -14,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,50 +22,14 @@ import cloudpickle
 import pytest
 
 from lattice.core.resource.node import SelectedNode
-from lattice.core.resource.requirements import TaskResourceRequirements
 from lattice.exceptions import LatticeInputError, LatticeUsageError
-from lattice.executor.base import TaskKind, TaskOutcome, TaskSubmission
+from lattice.executor.base import TaskKind, TaskOutcome
 from lattice.executor.factory import ExecutorType, create_executor
 from lattice.executor.local_executor import LocalExecutor
+from tests.integration.submissions import TIMEOUT, make_submission, run
 
 pytest.importorskip("ray", reason='these tests need Ray: pip install "ray[default]"')
 from lattice.executor.ray_executor import RayExecutor
-
-LOCAL = SelectedNode("local", "127.0.0.1")
-TIMEOUT = 60.0
-_keys = itertools.count()
-
-
-def make_submission(
-    fn: Callable[..., Any],
-    *,
-    kind: TaskKind = TaskKind.CODE,
-    outputs: tuple[str, ...] = ("out",),
-    user_inputs: Any = None,
-    upstream_inputs: Any = None,
-    cpu: float = 0.5,
-    node: SelectedNode = LOCAL,
-    args: bytes = b"",
-    kwargs: bytes = b"",
-) -> TaskSubmission:
-    return TaskSubmission(
-        task_key=f"t{next(_keys)}",
-        task_name=fn.__name__,
-        kind=kind,
-        code=cloudpickle.dumps(fn),
-        requirements=TaskResourceRequirements(cpu=cpu),
-        node=node,
-        outputs=outputs,
-        user_inputs=user_inputs,
-        upstream_inputs=upstream_inputs,
-        args=args,
-        kwargs=kwargs,
-    )
-
-
-def run(executor: RayExecutor, submission: TaskSubmission) -> TaskOutcome:
-    return executor.submit(submission).result(TIMEOUT)
-
 
 # --- results --------------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The Ray executor's fast paths, on a real local Ray (the session's ``ray_executor``).
 
 * light tasks (cpu < 1) run on threads of one long-lived task host per node;
-* large output values stay in Ray's object store between tasks and reach clients by reference;
+* large output values stay in Ray's object store between tasks and reach clients by reference
+  (the client-level test runs against a local-executor head too, which keeps them likewise);
 * the function's code goes through the object store once when it is large.
 
 Task functions are defined inside the tests so cloudpickle ships them by value. Nothing sleeps
@@ -11,13 +12,12 @@ to wait: tasks block on loopback sockets the test controls, and the test blocks 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,8 @@ import pytest
 
 from lattice.client.core.models import RunOutputs
 from lattice.core.orchestrator.orchestrator import Orchestrator
-from lattice.core.resource.node import SelectedNode
 from lattice.core.resource.requirements import TaskResourceRequirements
-from lattice.executor.base import TaskKind, TaskOutcome, TaskSubmission
+from lattice.executor.base import TaskKind, TaskOutcome
 from lattice.serialization import (
     REF_KEY,
     LargeValue,
@@ -40,6 +39,7 @@ from lattice.serialization import (
 )
 from tests.integration import engine_helpers as h
 from tests.integration.engine_helpers import Engine, WorkflowBuilder, run_workflow
+from tests.integration.submissions import TIMEOUT, make_submission, run
 
 pytest.importorskip("ray", reason='these tests need Ray: pip install "ray[default]"')
 from lattice.executor.large_values import LARGE_VALUE_BYTES
@@ -48,37 +48,10 @@ from lattice.executor.ray_payload import StoredValue
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-LOCAL = SelectedNode("local", "127.0.0.1")
-TIMEOUT = 60.0
 #: float64 items of an array just over the large-value threshold
 BIG_ITEMS = LARGE_VALUE_BYTES // 8 + 1024
-_keys = itertools.count()
-
-
-def make_submission(
-    fn: Callable[..., Any],
-    *,
-    cpu: float,
-    kind: TaskKind = TaskKind.CODE,
-    outputs: tuple[str, ...] = ("out",),
-    user_inputs: Any = None,
-    upstream_inputs: Any = None,
-) -> TaskSubmission:
-    return TaskSubmission(
-        task_key=f"fast{next(_keys)}",
-        task_name=fn.__name__,
-        kind=kind,
-        code=cloudpickle.dumps(fn),
-        requirements=TaskResourceRequirements(cpu=cpu),
-        node=LOCAL,
-        outputs=outputs,
-        user_inputs=user_inputs,
-        upstream_inputs=upstream_inputs,
-    )
-
-
-def run(executor: RayExecutor, submission: TaskSubmission) -> TaskOutcome:
-    return executor.submit(submission).result(TIMEOUT)
+#: what wait_at returns
+WAIT_OUTPUTS = ("pid", "thread", "start", "end")
 
 
 class Listener:
@@ -147,10 +120,7 @@ def test_32_light_tasks_overlap_in_one_host_process(
     handles = [
         ray_executor.submit(
             make_submission(
-                llm_call,
-                cpu=0.05,
-                outputs=("pid", "thread", "start", "end"),
-                user_inputs={"port": listener.port},
+                llm_call, cpu=0.05, outputs=WAIT_OUTPUTS, user_inputs={"port": listener.port}
             )
         )
         for _ in range(32)
@@ -179,12 +149,7 @@ def test_cpu_bound_tasks_keep_a_process_each(ray_executor: RayExecutor, listener
     host_pid = run(ray_executor, make_submission(light, cpu=0.5)).value["out"]
     handles = [
         ray_executor.submit(
-            make_submission(
-                heavy,
-                cpu=1,
-                outputs=("pid", "thread", "start", "end"),
-                user_inputs={"port": listener.port},
-            )
+            make_submission(heavy, cpu=1, outputs=WAIT_OUTPUTS, user_inputs={"port": listener.port})
         )
         for _ in range(2)
     ]
@@ -243,10 +208,7 @@ def test_light_task_blocked_in_c_is_reported_cancelled_after_the_grace(
     try:
         handle = executor.submit(
             make_submission(
-                blocked,
-                cpu=0.1,
-                outputs=("pid", "thread", "start", "end"),
-                user_inputs={"port": listener.port},
+                blocked, cpu=0.1, outputs=WAIT_OUTPUTS, user_inputs={"port": listener.port}
             )
         )
         delivered: list[TaskOutcome] = []
@@ -283,10 +245,7 @@ def test_killed_host_loses_its_tasks_and_the_next_gets_a_new_host(
     handles = [
         ray_executor.submit(
             make_submission(
-                blocked,
-                cpu=0.1,
-                outputs=("pid", "thread", "start", "end"),
-                user_inputs={"port": listener.port},
+                blocked, cpu=0.1, outputs=WAIT_OUTPUTS, user_inputs={"port": listener.port}
             )
         )
         for _ in range(2)
@@ -484,8 +443,12 @@ def test_run_outputs_fetch_a_tasks_large_values_when_it_is_read() -> None:
 # --- through a real head and the client ---------------------------------------------------
 
 
-@pytest.mark.ray
-def test_client_reads_a_large_value_only_when_it_asks_for_it(ray_head: Any) -> None:
+@pytest.mark.parametrize("head_fixture", ["ray_head", "local_head"])
+def test_client_reads_a_large_value_only_when_it_asks_for_it(
+    head_fixture: str, request: pytest.FixtureRequest
+) -> None:
+    """Both executors keep a large output where it was made; the client fetches it by
+    reference when it reads it."""
     import httpx
 
     from lattice import LatticeClient, task
@@ -500,7 +463,8 @@ def test_client_reads_a_large_value_only_when_it_asks_for_it(ray_head: Any) -> N
     def total(params: dict[str, Any]) -> dict[str, Any]:
         return {"total": float(params["array"].sum())}
 
-    with LatticeClient(ray_head.url, timeout=TIMEOUT) as client:
+    head = request.getfixturevalue(head_fixture)
+    with LatticeClient(head.url, timeout=TIMEOUT) as client:
         wf = client.create_workflow()
         a = wf.add_task(make, inputs={"n": BIG_ITEMS})
         b = wf.add_task(total, inputs={"array": a.outputs["array"]})
@@ -517,13 +481,13 @@ def test_client_reads_a_large_value_only_when_it_asks_for_it(ray_head: Any) -> N
         by_task = {m["data"]["task_id"]: m["data"]["result"] for m in streamed}
         assert by_task[a.task_id]["array"].shape == (BIG_ITEMS,)
 
-        url = f"{ray_head.url}/runs/{run_id}/results/{a.task_id}/array"
+        url = f"{head.url}/runs/{run_id}/results/{a.task_id}/array"
         as_json = httpx.get(url, timeout=TIMEOUT).json()
         assert as_json["status"] == "success"
         assert decode_value(as_json["value"]).shape == (BIG_ITEMS,)
         assert httpx.get(f"{url[:-5]}nope", timeout=TIMEOUT).status_code == 404
-        small = httpx.get(f"{ray_head.url}/runs/{run_id}/results/{b.task_id}/total?format=pickle")
+        small = httpx.get(f"{head.url}/runs/{run_id}/results/{b.task_id}/total?format=pickle")
         assert small.status_code == 400
 
-        assert httpx.delete(f"{ray_head.url}/runs/{run_id}", timeout=TIMEOUT).status_code == 200
+        assert httpx.delete(f"{head.url}/runs/{run_id}", timeout=TIMEOUT).status_code == 200
         assert httpx.get(url, timeout=TIMEOUT).status_code == 404
