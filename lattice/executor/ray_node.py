@@ -29,6 +29,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -158,24 +159,12 @@ class _RayStart:
             env[_DRAIN_ENV] = f"{drain_timeout:g}"
         self._drain_timeout = float(env.get(_DRAIN_ENV, _RAY_DEFAULT_DRAIN))
         env.setdefault(_NICENESS_ENV, "0")
-        if own_session:
-            self._proc = subprocess.Popen(
-                cmd,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=env,
-                start_new_session=True,
-            )
-        else:
-            self._proc = subprocess.Popen(
-                cmd,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=env,
-                preexec_fn=_fate_sharing_preexec(),
-            )
+        fate: dict[str, Any] = (
+            {"start_new_session": True} if own_session else {"preexec_fn": _fate_sharing_preexec()}
+        )
+        self._proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **fate
+        )
         self.pid = self._proc.pid
         self._ready = threading.Event()
         self._stopping = False

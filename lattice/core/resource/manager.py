@@ -142,11 +142,10 @@ class ResourceManager:
         candidates = [n for n in self._nodes.values() if n.can_run_task(requirements)]
         if avoid:
             preferred = [n for n in candidates if n.node_id not in avoid]
-            elsewhere = any(
+            if preferred or any(
                 n.node_id not in avoid and n.could_ever_run(requirements)
                 for n in self._nodes.values()
-            )
-            if preferred or elsewhere:
+            ):
                 candidates = preferred
         if not candidates:
             return None
