@@ -9,8 +9,8 @@ Each method runs one repetition and returns seconds. Remote functions use Ray's 
 
 from __future__ import annotations
 
-import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks import workloads as w
@@ -119,20 +119,10 @@ class PlainRay:
     def clients(self) -> float:
         """CLIENTS driver threads at once, each with CLIENT_TASKS no-op tasks."""
         ray = self._ray
-        barrier = threading.Barrier(w.CLIENTS + 1)
-        done: list[float] = []
 
-        def one_client() -> None:
-            barrier.wait()
+        def one_client(start: Callable[[], None]) -> float:
+            start()
             ray.get([self.noop.remote(i) for i in range(w.CLIENT_TASKS)])
-            done.append(time.perf_counter())
+            return time.perf_counter()
 
-        threads = [threading.Thread(target=one_client) for _ in range(w.CLIENTS)]
-        for t in threads:
-            t.start()
-        barrier.wait()
-        start = time.perf_counter()
-        for t in threads:
-            t.join()
-        w.check(len(done) == w.CLIENTS, "plain Ray clients")
-        return max(done) - start
+        return w.concurrently(w.CLIENTS, one_client)

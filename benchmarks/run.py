@@ -138,41 +138,29 @@ def io_bound(b: Bench) -> list[Row]:
     ]
 
 
+def _versus_plain(
+    name: str, b: Bench, ours: list[float], theirs: list[float], target: Target | None
+) -> Row:
+    """A row of median seconds against plain Ray's, judged by their ratio."""
+    took, base = median(ours), median(theirs)
+    samples = {"lattice_s": ours, "plain_ray_s": theirs}
+    return Row(
+        name, b.executor, ms(took), ms(base), took / base, f"{took / base:.2f}x", target, samples
+    )
+
+
 def big_array(b: Bench) -> list[Row]:
     ours, theirs = alternate(
         lambda: w.big_array_once(b.client), b.plain.big_array, b.reps, b.warmup
     )
-    took, base = median(ours), median(theirs)
     target = Target("<= 1.5x plain Ray", 1.5) if b.executor == "ray" else None
-    return [
-        Row(
-            "50 MB array from one task to the next",
-            b.executor,
-            ms(took),
-            ms(base),
-            took / base,
-            f"{took / base:.2f}x",
-            target,
-            {"lattice_s": ours, "plain_ray_s": theirs},
-        )
-    ]
+    return [_versus_plain("50 MB array from one task to the next", b, ours, theirs, target)]
 
 
 def clients(b: Bench) -> list[Row]:
     ours, theirs = alternate(lambda: w.clients_once(b.url), b.plain.clients, b.reps, b.warmup)
-    took, base = median(ours), median(theirs)
-    return [
-        Row(
-            f"{w.CLIENTS} concurrent clients x {w.CLIENT_TASKS} tasks",
-            b.executor,
-            ms(took),
-            ms(base),
-            took / base,
-            f"{took / base:.2f}x",
-            None,
-            {"lattice_s": ours, "plain_ray_s": theirs},
-        )
-    ]
+    name = f"{w.CLIENTS} concurrent clients x {w.CLIENT_TASKS} tasks"
+    return [_versus_plain(name, b, ours, theirs, None)]
 
 
 def busy(b: Bench) -> list[Row]:

@@ -194,27 +194,23 @@ def build_once(client: LatticeClient) -> float:
     return seconds
 
 
-def clients_once(url: str) -> float:
-    """CLIENTS clients at once, each with its own connection, each running a fan-out of
-    CLIENT_TASKS no-op tasks; seconds until the last client has all its results."""
-    barrier = threading.Barrier(CLIENTS + 1)
+def concurrently(count: int, one: Callable[[Callable[[], None]], float]) -> float:
+    """Run ``one(start)`` on ``count`` threads at once. Each does its untimed preparation,
+    calls ``start()`` (which returns when every thread is ready) and returns the moment it
+    finished. Seconds from the common start until the last finish; a thread's error is raised
+    here, traceback and all."""
+    barrier = threading.Barrier(count + 1)
     errors: list[BaseException] = []
     done: list[float] = []
 
-    def one_client() -> None:
+    def thread() -> None:
         try:
-            with LatticeClient(url, timeout=RUN_TIMEOUT) as client:
-                wf = client.create_workflow()
-                tasks = [wf.add_task(step, inputs={"x": i}) for i in range(CLIENT_TASKS)]
-                barrier.wait()
-                outputs = wf.get_outputs(wf.run(), timeout=RUN_TIMEOUT)
-                done.append(time.perf_counter())
-                check(all(outputs[t]["y"] == i for i, t in enumerate(tasks)), "clients")
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller, traceback and all
+            done.append(one(barrier.wait))
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
             errors.append(exc)
             barrier.abort()
 
-    threads = [threading.Thread(target=one_client) for _ in range(CLIENTS)]
+    threads = [threading.Thread(target=thread) for _ in range(count)]
     for t in threads:
         t.start()
     barrier.wait()
@@ -224,6 +220,23 @@ def clients_once(url: str) -> float:
     if errors:
         raise errors[0]
     return max(done) - start
+
+
+def clients_once(url: str) -> float:
+    """CLIENTS clients at once, each with its own connection, each running a fan-out of
+    CLIENT_TASKS no-op tasks; seconds until the last client has all its results."""
+
+    def one_client(start: Callable[[], None]) -> float:
+        with LatticeClient(url, timeout=RUN_TIMEOUT) as client:
+            wf = client.create_workflow()
+            tasks = [wf.add_task(step, inputs={"x": i}) for i in range(CLIENT_TASKS)]
+            start()
+            outputs = wf.get_outputs(wf.run(), timeout=RUN_TIMEOUT)
+            finished = time.perf_counter()
+            check(all(outputs[t]["y"] == i for i, t in enumerate(tasks)), "clients")
+            return finished
+
+    return concurrently(CLIENTS, one_client)
 
 
 def noop_run_once(client: LatticeClient, *, beside_long_task: bool) -> float:
