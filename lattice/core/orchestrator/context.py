@@ -19,12 +19,13 @@ from lattice.core.scheduler.messages import (
     MessageType,
     RunControlData,
     RunTaskData,
+    RunTasksData,
     TaskCancelledData,
     TaskFailedData,
     TaskFinishedData,
     TaskStartedData,
 )
-from lattice.core.workflow.base import BaseTask, CodeTask, Workflow
+from lattice.core.workflow.base import CodeTask, Workflow
 from lattice.core.workflow.inputs import InputSchema
 from lattice.exceptions import TaskErrorInfo
 
@@ -94,15 +95,21 @@ class RunContext(BaseContext):
         return self.log.closed
 
     def submit_start_tasks(self) -> None:
-        self._submit(self.workflow.get_start_tasks())
-        self._maybe_finish()
-
-    def _submit(self, tasks: list[BaseTask]) -> None:
-        for task in tasks:
+        """Hand every task of the run to the scheduler: the start tasks to run now, the
+        others with the tasks they wait for (the scheduler releases each one the moment its
+        last upstream task finishes; see scheduler.waiting)."""
+        entries = []
+        for task in self.workflow.tasks():
             assert isinstance(task, CodeTask)
-            self._status[task.task_id] = TaskStatus.READY
-            runtime = code_task_runtime(self.run_id, task)
-            self._bus.send_to_scheduler(Message(MessageType.RUN_TASK, RunTaskData(runtime)))
+            after = frozenset(self.workflow.predecessors(task.task_id))
+            if not after:
+                self._status[task.task_id] = TaskStatus.READY
+            entries.append(RunTaskData(code_task_runtime(self.run_id, task), after))
+        if entries:
+            self._bus.send_to_scheduler(
+                Message(MessageType.RUN_TASKS, RunTasksData(tuple(entries)))
+            )
+        self._maybe_finish()
 
     def _settle(self, task_id: str, status: TaskStatus) -> bool:
         """Move a task to a terminal status once; False if it already had one."""
@@ -119,7 +126,7 @@ class RunContext(BaseContext):
         # A task dispatched again after its node was lost starts again, on another node: the
         # client is told where it runs now (the message then carries ``attempt``).
         redispatched = status is TaskStatus.RUNNING and data.attempt > 1
-        if status is not TaskStatus.READY and not redispatched:
+        if status not in (TaskStatus.PENDING, TaskStatus.READY) and not redispatched:
             return
         self._status[data.task_id] = TaskStatus.RUNNING
         message: dict[str, Any] = {
@@ -146,8 +153,6 @@ class RunContext(BaseContext):
                 "result": data.encoded,
             },
         )
-        if not self._cancelling:
-            self._submit(self.workflow.get_ready_tasks_after_completion(data.task_id))
         self._maybe_finish()
 
     def on_task_failed(self, data: TaskFailedData) -> None:

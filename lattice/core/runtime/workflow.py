@@ -42,7 +42,9 @@ class WorkflowRuntimeManager:
 
     def set_task_result(self, task: BaseTaskRuntime, result: Any) -> None:
         task.status = TaskStatus.COMPLETED
-        self._run(task).results[task.task_id] = result
+        run = self._runs.get(task.run_id)
+        if run is not None:  # else the run is over (cancelled while this task ran)
+            run.results[task.task_id] = result
 
     def get_task_result_value(self, run_id: str, ref: TaskRef | str) -> Any:
         """The value of ``"task_id.output_key"`` in run ``run_id``.

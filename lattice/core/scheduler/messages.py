@@ -18,6 +18,8 @@ from lattice.executor.base import TaskOutcome
 class MessageType(Enum):
     # tasks
     RUN_TASK = "run_task"
+    #: every task of a run, in one message (see RunTasksData)
+    RUN_TASKS = "run_tasks"
     START_TASK = "start_task"
     FINISH_TASK = "finish_task"
     TASK_EXCEPTION = "task_exception"
@@ -45,6 +47,16 @@ class MessageType(Enum):
 @dataclass(frozen=True)
 class RunTaskData:
     task: BaseTaskRuntime
+    #: ids of tasks of the same run that must finish first (the scheduler holds it till then)
+    after: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class RunTasksData:
+    """Every task of a run at once: the scheduler learns what waits for a task before that
+    task can finish."""
+
+    tasks: tuple[RunTaskData, ...]
 
 
 @dataclass(frozen=True)
@@ -138,6 +150,7 @@ class NoData:
 
 MessageData = (
     RunTaskData
+    | RunTasksData
     | TaskStartedData
     | TaskFinishedData
     | TaskFailedData

@@ -28,6 +28,7 @@ from lattice.core.scheduler.messages import (
     MessageType,
     RunControlData,
     RunTaskData,
+    RunTasksData,
     StartWorkerData,
     StopWorkerData,
     TaskCancelledData,
@@ -38,6 +39,7 @@ from lattice.core.scheduler.messages import (
 )
 from lattice.core.scheduler.pending import PendingItem, PendingQueue, Shape
 from lattice.core.scheduler.submission import build_submission, encode_outcome, split_outcome
+from lattice.core.scheduler.waiting import WaitingTasks
 from lattice.exceptions import (
     InvalidReferenceError,
     LatticeWorldError,
@@ -75,6 +77,7 @@ class Scheduler:
         self._runtime = WorkflowRuntimeManager()
         self._pending = PendingQueue()
         self._batches = BatchCollector()
+        self._waiting = WaitingTasks()
         self._running: dict[str, _Running] = {}
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -83,6 +86,7 @@ class Scheduler:
         self.nodes_view: list[dict[str, Any]] = resource_manager.snapshot()
         self._handlers: dict[MessageType, Callable[[Message], None]] = {
             MessageType.RUN_TASK: self._add_pending_task,
+            MessageType.RUN_TASKS: self._add_run_tasks,
             MessageType.TASK_DONE: self._on_task_done,
             MessageType.STOP_WORKFLOW: self._cancel_workflow,
             MessageType.CLEAR_WORKFLOW: self._clear_workflow,
@@ -139,8 +143,21 @@ class Scheduler:
 
     def _add_pending_task(self, message: Message) -> None:
         assert isinstance(message.data, RunTaskData)
-        task = message.data.task
-        self._runtime.add_task(task)
+        self._queue(message.data)
+
+    def _add_run_tasks(self, message: Message) -> None:
+        assert isinstance(message.data, RunTasksData)
+        for entry in message.data.tasks:
+            self._queue(entry)
+
+    def _queue(self, entry: RunTaskData) -> None:
+        self._runtime.add_task(entry.task)
+        if entry.after:
+            self._waiting.add(entry.task, entry.after)
+        else:
+            self._make_ready(entry.task)
+
+    def _make_ready(self, task: BaseTaskRuntime) -> None:
         task.status = TaskStatus.READY
         task.enqueued_at = time.monotonic()
         if isinstance(task, CodeTaskRuntime) and task.batch is not None:
@@ -322,11 +339,16 @@ class Scheduler:
                     ),
                 )
             )
+            # Its dependants go out in this same wake-up (dispatched once the inbox is
+            # drained), after its finish_task on the way to the run's log.
+            for ready in self._waiting.finished(task.run_id, task.task_id):
+                self._make_ready(ready)
 
     def _fail(
         self, task: BaseTaskRuntime, error: TaskErrorInfo, node_id: str, duration: float = 0.0
     ) -> None:
         task.status = TaskStatus.FAILED
+        self._waiting.drop_after(task.run_id, task.task_id)
         self._observer.task_failed(task.task_name, node_id, duration)
         self._bus.send_from_scheduler(
             Message(
@@ -339,6 +361,7 @@ class Scheduler:
 
     def _report_cancelled(self, task: BaseTaskRuntime, node_id: str) -> None:
         task.status = TaskStatus.CANCELLED
+        self._waiting.drop_after(task.run_id, task.task_id)
         self._observer.task_cancelled(task.task_name, node_id)
         self._bus.send_from_scheduler(
             Message(
@@ -352,6 +375,8 @@ class Scheduler:
     def _cancel_workflow(self, message: Message) -> None:
         assert isinstance(message.data, RunControlData)
         run_id = message.data.run_id
+        # Tasks still waiting for their inputs were never started: the run cancels them itself.
+        self._waiting.drop_run(run_id)
         queued = self._pending.remove_run(run_id) + list(self._batches.remove_run(run_id))
         for task in queued:
             self._report_cancelled(task, "")
@@ -368,6 +393,7 @@ class Scheduler:
 
     def _clear_workflow(self, message: Message) -> None:
         assert isinstance(message.data, RunControlData)
+        self._waiting.drop_run(message.data.run_id)
         self._runtime.clear_workflow(message.data.run_id)
 
     # --- nodes ------------------------------------------------------------------------------
