@@ -115,7 +115,12 @@ def test_a_run_hands_all_its_tasks_to_the_scheduler_in_one_message() -> None:
         task = CodeTask("wf", task_id, task_id)
         task.code = b"code"
         workflow.add_task(task_id, task)
-    for source, target in (("root", "left"), ("root", "right"), ("left", "join"), ("right", "join")):
+    for source, target in (
+        ("root", "left"),
+        ("root", "right"),
+        ("left", "join"),
+        ("right", "join"),
+    ):
         workflow.add_edge(source, target)
     bus = MessageBus()
     run_log = InMemoryEventStore().create("run", "wf", ["root", "left", "right", "join"])

@@ -215,16 +215,6 @@ def test_start_tasks_are_those_without_predecessors() -> None:
     assert ids(wf.get_start_tasks()) == ["a", "lone"]
 
 
-def test_a_task_is_ready_only_once_all_its_predecessors_completed() -> None:
-    wf = diamond()
-
-    assert ids(wf.get_ready_tasks_after_completion("a")) == ["b", "c"]
-    assert ids(wf.get_ready_tasks_after_completion("b")) == []
-    assert ids(wf.get_ready_tasks_after_completion("c")) == ["d"]
-    assert ids(wf.get_ready_tasks_after_completion("d")) == []
-    assert all(t.completed for t in wf.tasks())
-
-
 def test_get_graph_edges_lists_every_edge() -> None:
     assert sorted(diamond().get_graph_edges()) == [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")]
 
@@ -237,20 +227,6 @@ def test_descendants_are_every_task_reachable_downstream() -> None:
 
 
 # --- per-run copies ---------------------------------------------------------------------------
-
-
-def test_each_run_copy_keeps_its_own_completion_marks() -> None:
-    definition = diamond()
-    run1, run2 = definition.copy_for_run(), definition.copy_for_run()
-
-    run1.get_ready_tasks_after_completion("a")
-    run1.get_ready_tasks_after_completion("b")
-
-    # run2 has seen no completion: c finishing first must not release d there.
-    run2.get_ready_tasks_after_completion("a")
-    assert ids(run2.get_ready_tasks_after_completion("c")) == []
-    assert ids(run1.get_ready_tasks_after_completion("c")) == ["d"]
-    assert not any(t.completed for t in definition.tasks())
 
 
 def test_a_run_copy_is_not_changed_by_later_edits_of_the_definition() -> None:

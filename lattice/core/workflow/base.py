@@ -67,7 +67,6 @@ class BaseTask(ABC):
     workflow_id: str
     task_id: str
     task_name: str
-    completed: bool = False
 
     @property
     @abstractmethod
@@ -377,15 +376,6 @@ class Workflow:
     def get_start_tasks(self) -> list[BaseTask]:
         return [self._tasks[t] for t, deg in self._graph.in_degree() if deg == 0]
 
-    def get_ready_tasks_after_completion(self, completed_task_id: str) -> list[BaseTask]:
-        """Mark ``completed_task_id`` done; return successors whose predecessors are all done."""
-        self.get_task(completed_task_id).completed = True
-        ready = []
-        for succ in self._graph.successors(completed_task_id):
-            if all(self._tasks[p].completed for p in self._graph.predecessors(succ)):
-                ready.append(self._tasks[succ])
-        return ready
-
     def descendants(self, task_id: str) -> set[str]:
         return set(nx.descendants(self._graph, task_id))
 
@@ -399,11 +389,10 @@ class Workflow:
         return len(self._tasks)
 
     def copy_for_run(self) -> Workflow:
-        """A copy whose completion marks are its own. Tasks are copied shallowly: their saved
-        configuration is replaced, never mutated, by later saves."""
+        """A copy for one run: later edits of the definition do not reach a running run. Tasks
+        are copied shallowly: their saved configuration is replaced, never mutated, by later
+        saves."""
         run = Workflow(self.workflow_id)
         run._graph = self._graph.copy()
         run._tasks = {tid: copy.copy(t) for tid, t in self._tasks.items()}
-        for t in run._tasks.values():
-            t.completed = False
         return run
