@@ -83,6 +83,16 @@ class TaskOutcome:
 DoneCallback = Callable[[TaskOutcome], None]
 
 
+@dataclass(frozen=True)
+class PendingOutput:
+    """An upstream input whose task is still running: output ``key`` of the task behind
+    ``handle``. Only executors with ``pipelines = True`` are given these (see
+    :attr:`ExecutorBackend.pipelines`)."""
+
+    handle: TaskHandle
+    key: str
+
+
 class TaskHandle(ABC):
     """A submitted task. ``add_done_callback`` fires exactly once, possibly at once."""
 
@@ -104,6 +114,12 @@ class ExecutorBackend(ABC):
     """Where tasks run. Implementations: LocalExecutor (threads), RayExecutor (cluster)."""
 
     name: str = "base"
+    #: whether a submission may be handed over before its upstream tasks have finished, with
+    #: :class:`PendingOutput` inputs that the executor resolves once they have (the Ray
+    #: executor passes the upstream's object ref, and Ray starts the task when it is ready);
+    #: if an upstream fails, the task must not run its code: it ends with an error that the
+    #: scheduler discards
+    pipelines: bool = False
 
     @abstractmethod
     def initialize(self) -> None: ...

@@ -128,16 +128,12 @@ def _failure(
         # Raised outside the runner's own guard (a BaseException, or the submission could not
         # be unpickled in the worker): the task's failure, so not retried.
         cause = exc.cause
-        return TaskOutcome(
-            error=TaskErrorInfo(type(cause).__name__, str(cause), exc.traceback_str or "")
-        )
+        return TaskOutcome(error=TaskErrorInfo(type(cause).__name__, str(cause), _traceback(exc)))
     if isinstance(exc, errors.RaySystemError) and isinstance(exc.client_exc, BaseException):
         # The result arrived but cannot be unpickled here (e.g. a module the server lacks).
         cause = exc.client_exc
         message = f"the result of task {task} could not be loaded on the server: {cause}"
-        return TaskOutcome(
-            error=TaskErrorInfo(type(cause).__name__, message, exc.traceback_str or "")
-        )
+        return TaskOutcome(error=TaskErrorInfo(type(cause).__name__, message, _traceback(exc)))
     if cancelled:
         # cancel() escalated to killing the worker: that death is the cancellation.
         return TaskOutcome(error=CANCELLED)
@@ -145,6 +141,12 @@ def _failure(
         return _lost(exc, task, where, on_host)
     logger.error("unexpected error from Ray for task %s", task, exc_info=exc)
     return TaskOutcome(error=TaskErrorInfo.framework(type(exc).__name__, str(exc)))
+
+
+def _traceback(exc: BaseException) -> str:
+    # The error Ray raises is an instance of the cause's class too, and delegates unknown
+    # attributes to the cause: when Ray did not set ``traceback_str`` that lookup fails.
+    return getattr(exc, "traceback_str", None) or ""
 
 
 def _lost(exc: BaseException, task: str, where: str, on_host: bool = False) -> TaskOutcome:
@@ -188,9 +190,16 @@ class _RayHandle(TaskHandle):
         self._ray_future.add_done_callback(self._ray_done)
 
     def _ray_done(self, future: Future[Any]) -> None:
-        outcome = _outcome_of(
-            future, self._task, self._where, self.cancel_requested, self.host is not None
-        )
+        try:
+            outcome = _outcome_of(
+                future, self._task, self._where, self.cancel_requested, self.host is not None
+            )
+        except Exception as exc:
+            # The task is over whatever its report says: an outcome that cannot be read is
+            # the task's error, never a task that stays running.
+            logger.exception("cannot read how task %s ended", self._task)
+            message = f"cannot read how task {self._task} ended: {type(exc).__name__}: {exc}"
+            outcome = TaskOutcome(error=TaskErrorInfo.framework("ExecutorError", message))
         if outcome.lost and self._on_lost is not None:
             self._on_lost()
         # Large output values stay where they are: see ray_payload.
@@ -271,6 +280,7 @@ class RayExecutor(ExecutorBackend):
     """
 
     name = "ray"
+    pipelines = True
 
     def __init__(
         self,

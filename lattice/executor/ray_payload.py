@@ -7,7 +7,10 @@ A submission crosses to the worker as three parts, each the cheapest form for wh
   without running its own cloudpickle over a dataclass tree on every submit);
 * ``upstream``: the raw outputs of earlier tasks (any Python object; Ray serializes them);
 * object refs, as top-level arguments, because Ray resolves only those: refs an earlier task
-  left in upstream inputs, and :class:`StoredValue` outputs (see below).
+  left in upstream inputs, :class:`StoredValue` outputs (see below), and the outcomes of
+  upstream tasks still running (:class:`~lattice.executor.base.PendingOutput`): Ray starts the
+  task once they are ready, without the head in between. If such an upstream failed, the
+  task does not run its code (:class:`UpstreamFailed`).
 
 Large results. The head owns the object that holds each task's outcome (it submitted the task).
 When an output value is large (see ``large_values``), the head does not copy it into the next
@@ -21,12 +24,12 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol, cast
 
 import cloudpickle
 import ray
 
-from lattice.executor.base import TaskKind, TaskOutcome, TaskSubmission
+from lattice.executor.base import PendingOutput, TaskKind, TaskOutcome, TaskSubmission
 from lattice.executor.large_values import KeptValue, keep_large_values
 
 #: code larger than this goes to the object store once per function instead of with every
@@ -62,6 +65,15 @@ def store_large_values(
     return keep_large_values(outcome, kind, lambda path, value: StoredValue(ref, path, value))
 
 
+class UpstreamFailed(Exception):
+    """Raised in the worker instead of running a task whose upstream task failed: it was
+    handed to Ray before that task finished, and the scheduler discards this outcome."""
+
+
+class _HasRef(Protocol):
+    ref: ray.ObjectRef[Any]
+
+
 @dataclass(frozen=True)
 class RefSlot:
     """Stands in an upstream dict for the ``index``-th object ref passed as an argument.
@@ -95,6 +107,10 @@ def pack(sub: TaskSubmission, drop_code: bool = False) -> Packed:
             if isinstance(value, StoredValue):
                 out[name] = RefSlot(len(refs), value.path)
                 refs.append(value.ref)
+            elif isinstance(value, PendingOutput):
+                # the upstream's outcome, once Ray has it; the value is at outcome.value[key]
+                out[name] = RefSlot(len(refs), (value.key,))
+                refs.append(cast(_HasRef, value.handle).ref)
             elif isinstance(value, ray.ObjectRef):
                 out[name] = RefSlot(len(refs))
                 refs.append(value)
@@ -138,7 +154,9 @@ def _attach(upstream: Any, values: tuple[Any, ...]) -> Any:
         value = values[slot.index]
         if slot.path is None:
             return value
-        value = value.value  # the earlier task's TaskOutcome
+        if value.error is not None:  # the earlier task's TaskOutcome
+            raise UpstreamFailed(f"an upstream task failed: {value.error.type}")
+        value = value.value
         for step in slot.path:
             value = value[step]
         return value

@@ -97,6 +97,33 @@ def test_dropping_a_run_forgets_all_of_it() -> None:
     assert ids(w.finished("r2", "a")) == ["b"]
 
 
+def test_a_follower_is_a_task_that_waits_for_that_one_task_alone() -> None:
+    w = WaitingTasks()
+    w.add(rt("join"), {"a", "b"})
+    w.add(rt("refused"), {"a"})
+    w.add(rt("next"), {"a"})
+    w.add(rt("after-next"), {"next"})
+
+    follower = w.take_follower("r1", "a", lambda t: t.task_id != "refused")
+
+    assert follower is not None and follower.task_id == "next"
+    assert w.take_follower("r1", "b", lambda t: True) is None  # join also waits for a
+    assert ids(w.finished("r1", "a")) == ["refused"]
+    # What waits for the follower still waits for it.
+    assert ids(w.finished("r1", "next")) == ["after-next"]
+
+
+def test_a_follower_taken_back_waits_again() -> None:
+    w = WaitingTasks()
+    w.add(rt("next"), {"a"})
+    follower = w.take_follower("r1", "a", lambda t: True)
+    assert follower is not None and len(w) == 0
+
+    w.add(follower, {"a"})
+
+    assert ids(w.finished("r1", "a")) == ["next"]
+
+
 def test_waiting_for_nothing_or_twice_is_refused() -> None:
     w = WaitingTasks()
     with pytest.raises(ValueError, match="waits for nothing"):

@@ -177,6 +177,12 @@ class ResourceManager:
             f"the largest node ({largest.node_id}) has {largest.describe_total()}"
         )
 
+    def claim(self, node: SelectedNode, requirements: TaskResourceRequirements) -> bool:
+        """Allocate ``requirements`` on ``node`` itself (a task already placed there); False
+        if the node is gone, not taking tasks, or full."""
+        found = self._nodes.get(node.node_id)
+        return found is not None and found.allocate_resources(requirements) is not None
+
     def release_task_resources(
         self, node_id: str, requirements: TaskResourceRequirements, gpu_ids: tuple[int, ...] = ()
     ) -> None:

@@ -14,11 +14,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from lattice.core.observer import EngineObserver, NodeGauge
 from lattice.core.resource.manager import ResourceManager
 from lattice.core.resource.node import NodeStatus, SelectedNode
+from lattice.core.resource.requirements import TaskResourceRequirements
 from lattice.core.runtime.task import BaseTaskRuntime, CodeTaskRuntime, TaskStatus
 from lattice.core.runtime.workflow import WorkflowRuntimeManager
 from lattice.core.scheduler.batch_collector import BatchCollector
@@ -46,7 +48,13 @@ from lattice.exceptions import (
     NodeNotFoundError,
     TaskErrorInfo,
 )
-from lattice.executor.base import ExecutorBackend, TaskHandle, TaskKind, TaskOutcome
+from lattice.executor.base import (
+    ExecutorBackend,
+    TaskHandle,
+    TaskKind,
+    TaskOutcome,
+    TaskSubmission,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +66,17 @@ class _Running:
     kind: TaskKind
     handle: TaskHandle | None = None
     started_at: float = 0.0
+    #: key of the submission it was chained behind (see _chain_followers) until that one
+    #: finishes; meanwhile it holds no resources and the run has not been told it started
+    after: str | None = None
+    #: its own report, if it came before the one of the submission it is chained behind
+    early: Message | None = None
+
+
+class _Settled(Enum):
+    COMPLETED = "completed"
+    REQUEUED = "requeued"
+    ENDED = "ended"
 
 
 class Scheduler:
@@ -79,6 +98,8 @@ class Scheduler:
         self._batches = BatchCollector()
         self._waiting = WaitingTasks()
         self._running: dict[str, _Running] = {}
+        #: key of a submission -> key of the one chained behind it
+        self._followers: dict[str, str] = {}
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._gauges_dirty = True
@@ -205,11 +226,7 @@ class Scheduler:
             if not item.tasks:
                 self._rm.release_task_resources(node.node_id, item.requirements, node.gpu_ids)
                 return
-        key = item.tasks[0].key if not item.batched else f"batch/{uuid.uuid4().hex}"
-        if item.tasks[0].attempts:
-            # A re-dispatch gets a key of its own: a late report of the lost attempt (its node
-            # was given up, see _lose_tasks_on) then finds nothing running under its key.
-            key = f"{key}#{item.tasks[0].attempts + 1}"
+        key = _submission_key(item)
         try:
             submission = build_submission(key, item, node, self._runtime)
         except InvalidReferenceError as exc:
@@ -222,24 +239,7 @@ class Scheduler:
         for task in item.tasks:
             task.attempts += 1
             self._runtime.run_task(task, key, node)
-            self._observer.task_submitted(
-                task.task_name, node.node_id, running.started_at - task.enqueued_at
-            )
-            self._bus.send_from_scheduler(
-                Message(
-                    MessageType.START_TASK,
-                    TaskStartedData(
-                        task.run_id,
-                        task.workflow_id,
-                        task.task_id,
-                        task.task_name,
-                        node.node_id,
-                        node.node_ip,
-                        node.gpu_ids,
-                        task.attempts,
-                    ),
-                )
-            )
+            self._announce_start(task, running)
         self._gauges_dirty = True
         try:
             running.handle = self._executor.submit(submission)
@@ -249,6 +249,33 @@ class Scheduler:
                 Message(MessageType.TASK_DONE, TaskDoneData(key, TaskOutcome(error=_error_of(exc))))
             )
             return
+        running.handle.add_done_callback(self._reporter(key, submission))
+        if self._executor.pipelines:
+            self._chain_followers(key, running)
+
+    def _announce_start(self, task: BaseTaskRuntime, running: _Running) -> None:
+        node = running.node
+        self._observer.task_submitted(
+            task.task_name, node.node_id, running.started_at - task.enqueued_at
+        )
+        self._bus.send_from_scheduler(
+            Message(
+                MessageType.START_TASK,
+                TaskStartedData(
+                    task.run_id,
+                    task.workflow_id,
+                    task.task_id,
+                    task.task_name,
+                    node.node_id,
+                    node.node_ip,
+                    node.gpu_ids,
+                    task.attempts,
+                ),
+            )
+        )
+
+    def _reporter(self, key: str, submission: TaskSubmission) -> Callable[[TaskOutcome], None]:
+        """The done-callback of submission ``key``: runs on the executor's thread."""
         kind, name = submission.kind, submission.task_name
 
         def done(outcome: TaskOutcome) -> None:
@@ -257,7 +284,107 @@ class Scheduler:
                 Message(MessageType.TASK_DONE, TaskDoneData(key, outcome, encoded))
             )
 
-        running.handle.add_done_callback(done)
+        return done
+
+    # --- chains -----------------------------------------------------------------------------
+
+    def _chain_followers(self, key: str, running: _Running) -> None:
+        """Hand the executor, right now, the tasks that continue a chain behind ``running``.
+
+        A follower is a waiting task whose only unfinished upstream task is the one just
+        submitted, and that asks for exactly the same resources. It is submitted at once, on
+        the same node, with a :class:`~lattice.executor.base.PendingOutput` for that input
+        (only executors that pipeline get here): Ray starts it the moment the upstream's
+        outcome exists, without a round trip through the head. Until the upstream is reported
+        finished the follower holds no resources and the run does not know it started; then
+        it takes over the upstream's resources (it continues on its slot, ahead of queued
+        tasks) and its ``start_task`` is sent. The follower's own follower is chained behind
+        it, so a chain goes out whole. If the upstream fails, is cancelled or lost, the
+        follower is taken back (see _take_back_chain).
+        """
+        while True:
+            item = running.item
+            upstream = item.tasks[0]
+            if item.batched or running.handle is None or item.requirements.gpu:
+                return
+            follower = self._waiting.take_follower(
+                upstream.run_id, upstream.task_id, _continues(item.requirements)
+            )
+            if follower is None:
+                return
+            follow_item = PendingItem([follower], follower.requirements, follower.priority)
+            follow_key = _submission_key(follow_item)
+            try:
+                submission = build_submission(
+                    follow_key,
+                    follow_item,
+                    running.node,
+                    self._runtime,
+                    {upstream.task_id: running.handle},
+                )
+                handle = self._executor.submit(submission)
+            except Exception as exc:
+                # It waits as before, and fails the usual way once its upstream finished if
+                # it must (a bad reference to a finished task, the executor refusing it).
+                if not isinstance(exc, InvalidReferenceError):
+                    log.warning("task %s not chained behind %s", follower.key, key, exc_info=True)
+                self._waiting.add(follower, {upstream.task_id})
+                return
+            follower.attempts += 1
+            self._runtime.run_task(follower, follow_key, running.node)
+            chained = _Running(follow_item, running.node, submission.kind, handle, after=key)
+            self._running[follow_key] = chained
+            self._followers[key] = follow_key
+            handle.add_done_callback(self._reporter(follow_key, submission))
+            key, running = follow_key, chained
+
+    def _follow_up(self, key: str, upstream: _Running, settled: _Settled) -> None:
+        """The submission ``key`` was chained behind ``upstream``, which is over now."""
+        running = self._running[key]
+        task = running.item.tasks[0]
+        if settled is _Settled.COMPLETED:
+            error = self._unresolved_reference(task)
+            if error is not None:
+                self._take_back_chain(key, upstream.item.tasks[0], wait_again=False)
+                self._fail(task, error, "")
+                return
+            if self._rm.claim(running.node, running.item.requirements):
+                running.after = None
+                running.started_at = task.enqueued_at = time.monotonic()
+                self._announce_start(task, running)
+                early, running.early = running.early, None
+                if early is not None:
+                    self._on_task_done(early)
+                return
+            # Its node is no longer taking tasks (draining or gone): start it afresh elsewhere.
+            self._take_back_chain(key, upstream.item.tasks[0], wait_again=True)
+            for ready in self._waiting.finished(task.run_id, upstream.item.tasks[0].task_id):
+                self._make_ready(ready)
+            return
+        self._take_back_chain(key, upstream.item.tasks[0], settled is _Settled.REQUEUED)
+
+    def _take_back_chain(
+        self, key: str | None, upstream: BaseTaskRuntime, wait_again: bool
+    ) -> None:
+        """Withdraw submission ``key`` and everything chained behind it: they must not run with
+        what ``upstream`` gave them. With ``wait_again`` (the upstream was dispatched again)
+        they wait for it once more; otherwise they are dropped (the run skips or cancels
+        them)."""
+        while key is not None:
+            running = self._running.pop(key)
+            task = running.item.tasks[0]
+            if running.handle is not None and not self._runtime.is_cancelled(
+                task.run_id, task.task_id
+            ):
+                self._executor.cancel(running.handle)  # its report, if any, is ignored
+            if wait_again:
+                task.status = TaskStatus.PENDING
+                self._waiting.add(task, {upstream.task_id})
+            else:
+                self._waiting.drop_after(task.run_id, task.task_id)
+            self._release_if_drained(running.node.node_id)
+            upstream = task
+            key = self._followers.pop(key, None)
 
     def _unresolved_reference(self, task: BaseTaskRuntime) -> TaskErrorInfo | None:
         if not isinstance(task, CodeTaskRuntime):
@@ -274,9 +401,20 @@ class Scheduler:
     def _on_task_done(self, message: Message) -> None:
         assert isinstance(message.data, TaskDoneData)
         data = message.data
-        running = self._running.pop(data.key, None)
+        running = self._running.get(data.key)
         if running is None:
             return  # already settled (e.g. cancelled, then reported by the executor)
+        if running.after is not None:
+            # Chained behind a submission whose own report has not been handled yet.
+            running.early = message
+            return
+        del self._running[data.key]
+        follower = self._followers.pop(data.key, None)
+        settled = self._settle(running, data)
+        if follower is not None:
+            self._follow_up(follower, running, settled)
+
+    def _settle(self, running: _Running, data: TaskDoneData) -> _Settled:
         item, node, outcome = running.item, running.node, data.outcome
         self._rm.release_task_resources(node.node_id, item.requirements, node.gpu_ids)
         self._gauges_dirty = True
@@ -286,7 +424,7 @@ class Scheduler:
             if task not in live:
                 self._report_cancelled(task, node.node_id)
         if not live:
-            return
+            return _Settled.ENDED
         if outcome.lost:
             # Ray reports a task lost with its node (NodeDiedError) about when its GCS declares
             # the node dead, a moment before this scheduler hears of it. Look now, so
@@ -308,7 +446,7 @@ class Scheduler:
                     avoid=item.avoid | {node.node_id},
                 )
             )
-            return
+            return _Settled.REQUEUED
         if not outcome.ok:
             assert outcome.error is not None
             error = outcome.error
@@ -318,7 +456,7 @@ class Scheduler:
                 )
             for task in live:
                 self._fail(task, error, node.node_id, outcome.duration)
-            return
+            return _Settled.ENDED
         for task, value, encoded in split_outcome(item.tasks, item.batched, outcome, data.encoded):
             if task not in live:
                 continue
@@ -343,6 +481,7 @@ class Scheduler:
             # drained), after its finish_task on the way to the run's log.
             for ready in self._waiting.finished(task.run_id, task.task_id):
                 self._make_ready(ready)
+        return _Settled.COMPLETED if len(live) == len(item.tasks) else _Settled.ENDED
 
     def _fail(
         self, task: BaseTaskRuntime, error: TaskErrorInfo, node_id: str, duration: float = 0.0
@@ -507,6 +646,28 @@ class Scheduler:
                 for n in self._rm.nodes()
             ]
         )
+
+
+def _continues(requirements: TaskResourceRequirements) -> Callable[[BaseTaskRuntime], bool]:
+    """Which waiting tasks may be chained behind a task asking for ``requirements``."""
+
+    def accept(task: BaseTaskRuntime) -> bool:
+        return (
+            isinstance(task, CodeTaskRuntime)
+            and task.batch is None
+            and task.requirements == requirements
+        )
+
+    return accept
+
+
+def _submission_key(item: PendingItem) -> str:
+    key = item.tasks[0].key if not item.batched else f"batch/{uuid.uuid4().hex}"
+    if item.tasks[0].attempts:
+        # A re-dispatch gets a key of its own: a late report of the lost attempt (its node
+        # was given up, see _lose_tasks_on) then finds nothing running under its key.
+        key = f"{key}#{item.tasks[0].attempts + 1}"
+    return key
 
 
 def _error_of(exc: BaseException) -> TaskErrorInfo:

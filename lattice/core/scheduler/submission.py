@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from lattice.core.resource.node import SelectedNode
@@ -9,20 +10,41 @@ from lattice.core.runtime.task import BaseTaskRuntime, CodeTaskRuntime, LangGrap
 from lattice.core.runtime.workflow import WorkflowRuntimeManager
 from lattice.core.scheduler.pending import PendingItem
 from lattice.exceptions import TaskErrorInfo
-from lattice.executor.base import TaskKind, TaskOutcome, TaskSubmission
+from lattice.executor.base import (
+    PendingOutput,
+    TaskHandle,
+    TaskKind,
+    TaskOutcome,
+    TaskSubmission,
+)
 from lattice.executor.runner import error_info
 from lattice.serialization import encode_value
 
 
-def _inputs(task: CodeTaskRuntime, runtime: WorkflowRuntimeManager) -> dict[str, Any]:
-    return {key: runtime.get_task_result_value(task.run_id, ref) for key, ref in task.upstream}
+def _inputs(
+    task: CodeTaskRuntime, runtime: WorkflowRuntimeManager, running: Mapping[str, TaskHandle]
+) -> dict[str, Any]:
+    return {
+        key: PendingOutput(running[ref.task_id], ref.output_key)
+        if ref.task_id in running
+        else runtime.get_task_result_value(task.run_id, ref)
+        for key, ref in task.upstream
+    }
 
 
 def build_submission(
-    key: str, item: PendingItem, node: SelectedNode, runtime: WorkflowRuntimeManager
+    key: str,
+    item: PendingItem,
+    node: SelectedNode,
+    runtime: WorkflowRuntimeManager,
+    running: Mapping[str, TaskHandle] | None = None,
 ) -> TaskSubmission:
     """Resolve inputs and build the submission. Raises InvalidReferenceError when an input
-    names a task or output key the run does not have."""
+    names a task or output key the run does not have.
+
+    ``running``: upstream task id -> handle, for upstream tasks still running (their outputs
+    become :class:`PendingOutput` inputs; see ExecutorBackend.pipelines)."""
+    running = running or {}
     first = item.tasks[0]
     common: dict[str, Any] = {
         "task_key": key,
@@ -46,7 +68,7 @@ def build_submission(
             kind=TaskKind.CODE,
             outputs=first.outputs,
             user_inputs=first.user_inputs,
-            upstream_inputs=_inputs(first, runtime),
+            upstream_inputs=_inputs(first, runtime, running),
             **common,
         )
     tasks = [t for t in item.tasks if isinstance(t, CodeTaskRuntime)]
@@ -54,7 +76,7 @@ def build_submission(
         kind=TaskKind.BATCH,
         outputs=first.outputs,
         user_inputs=[t.user_inputs for t in tasks],
-        upstream_inputs=[_inputs(t, runtime) for t in tasks],
+        upstream_inputs=[_inputs(t, runtime, running) for t in tasks],
         **common,
     )
 

@@ -11,7 +11,7 @@ forgets them (the run itself reports them skipped).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from lattice.core.runtime.task import BaseTaskRuntime
@@ -65,6 +65,23 @@ class WaitingTasks:
                 self._forget(run_id, run, dep_id)
                 ready.append(waiting.task)
         return ready
+
+    def take_follower(
+        self, run_id: str, task_id: str, accept: Callable[[BaseTaskRuntime], bool]
+    ) -> BaseTaskRuntime | None:
+        """Take out the first waiting task that ``accept`` takes and that waits for
+        ``task_id`` alone (it would be released when ``task_id`` finishes); None if none.
+        What waits for the task taken out keeps waiting for it."""
+        run = self._runs.get(run_id)
+        if run is None:
+            return None
+        for dep_id in run.dependants.get(task_id, ()):
+            waiting = run.waiting.get(dep_id)
+            if waiting is not None and waiting.remaining == {task_id} and accept(waiting.task):
+                run.dependants[task_id].remove(dep_id)
+                self._forget(run_id, run, dep_id)
+                return waiting.task
+        return None
 
     def drop_after(self, run_id: str, task_id: str) -> None:
         """``task_id`` will never finish: forget every waiting task that depends on it,

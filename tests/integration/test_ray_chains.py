@@ -1,0 +1,232 @@
+"""Chains on Ray: a task that continues a chain is handed to Ray before its upstream finishes.
+
+The scheduler submits such a follower with the upstream's outcome ref as its input, so Ray
+starts it without a round trip through the head. These tests check that it really goes out
+ahead, and that nothing changes for the run when the upstream fails, is cancelled or is lost:
+the follower's code never runs on a failed upstream's output, a cancelled run leaves nothing
+running and no resources held, and a lost upstream's follower waits for the new attempt.
+
+The executor here is the session's Ray executor behind a proxy that records each submission
+(a real executor throughout: the proxy only watches).
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+
+from lattice.core.orchestrator.orchestrator import Orchestrator
+from lattice.executor.base import ExecutorBackend, TaskHandle, TaskOutcome, TaskSubmission
+from tests.integration import engine_helpers as h
+from tests.integration.engine_helpers import (
+    NODE_CPUS,
+    Engine,
+    Ref,
+    WorkflowBuilder,
+    is_event,
+    run_workflow,
+    wait_for_event,
+    wait_run,
+)
+
+pytest.importorskip("ray", reason='these tests need Ray: pip install "ray[default]"')
+from lattice.executor.ray_executor import RayExecutor
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class Recording(ExecutorBackend):
+    """The Ray executor, with every submission recorded as ``(task name, handle)``."""
+
+    name = "ray"
+    pipelines = True
+
+    def __init__(self, inner: RayExecutor) -> None:
+        self.inner = inner
+        self.submitted: queue.SimpleQueue[tuple[str, TaskHandle]] = queue.SimpleQueue()
+
+    def initialize(self) -> None:
+        self.inner.initialize()
+
+    def cluster_nodes(self) -> list[dict[str, Any]]:
+        return self.inner.cluster_nodes()
+
+    def alive_node_ids(self) -> set[str]:
+        return self.inner.alive_node_ids()
+
+    def on_nodes_changed(self, callback: Callable[[], None]) -> None:
+        self.inner.on_nodes_changed(callback)
+
+    def release_node(self, node_id: str) -> None:
+        self.inner.release_node(node_id)
+
+    def submit(self, submission: TaskSubmission) -> TaskHandle:
+        handle = self.inner.submit(submission)
+        self.submitted.put((submission.task_name, handle))
+        return handle
+
+    def cancel(self, handle: TaskHandle) -> bool:
+        return self.inner.cancel(handle)
+
+    def shutdown(self) -> None:
+        """The session's executor outlives this test."""
+
+    def next_submissions(self, count: int) -> dict[str, TaskHandle]:
+        """Block until ``count`` more submissions were made; name -> handle."""
+        return dict(self.submitted.get(timeout=h.WAIT) for _ in range(count))
+
+
+@pytest.fixture
+def recording(ray_executor: RayExecutor) -> Recording:
+    return Recording(ray_executor)
+
+
+@pytest.fixture
+def engine(recording: Recording) -> Iterator[Engine]:
+    eng = Engine("ray", lambda: recording, owns_executor=False)
+    yield eng
+    eng.close()
+
+
+def touch(p: dict[str, Any]) -> dict[str, Any]:
+    """Leaves a file behind: the proof that its code ran."""
+    Path(p["marker"]).write_text("ran")
+    return {"out": p["x"]}
+
+
+def identity(p: dict[str, Any]) -> dict[str, Any]:
+    return {"out": p["x"]}
+
+
+def crash_once(p: dict[str, Any]) -> dict[str, Any]:
+    """Kills its process (the task host) the first time, returns its pid the second."""
+    import os
+    from pathlib import Path
+
+    marker = Path(p["marker"])
+    if not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os._exit(1)
+    return {"out": os.getpid()}
+
+
+@pytest.mark.ray
+def test_a_chain_goes_to_ray_whole_while_its_first_task_still_runs(
+    engine: Engine, recording: Recording
+) -> None:
+    gate = engine.gate()
+
+    async def body(orch: Orchestrator) -> None:
+        b = WorkflowBuilder(orch)
+        first = b.add(h.gated, {"gate": gate.port}, name="first")
+        second = b.add(identity, {"x": Ref(first)}, name="second")
+        third = b.add(identity, {"x": Ref(second)}, name="third")
+        # A different request does not continue the chain: it waits as usual.
+        other = b.add(identity, {"x": Ref(second)}, cpu=1, name="other")
+        run_id = orch.run_workflow(b.workflow_id)
+        await gate.arrived(1)
+
+        submitted = recording.next_submissions(3)
+        assert set(submitted) == {"first", "second", "third"}
+        assert not any(handle.done() for handle in submitted.values())
+        await gate.open(1)
+        run = await wait_run(orch, run_id)
+
+        assert run.status == "completed"
+        token = run.result(first)["out"]
+        for task in (second, third, other):
+            assert run.result(task) == {"out": token}
+        # The run hears of each follower when its upstream finished, in that order.
+        for upstream, follower in ((first, second), (second, third)):
+            assert run.seq("finish_task", upstream) < run.seq("start_task", follower)
+        assert len(run.of_type("start_task")) == 4
+
+    engine.run(body)
+
+
+@pytest.mark.ray
+def test_a_follower_of_a_failed_task_never_runs_its_code(
+    engine: Engine, recording: Recording, tmp_path: Path
+) -> None:
+    marker = tmp_path / "follower-ran"
+
+    async def body(orch: Orchestrator) -> None:
+        b = WorkflowBuilder(orch)
+        bad = b.add(h.fail, {"x": 3}, name="bad")
+        follower = b.add(touch, {"x": Ref(bad), "marker": str(marker)}, name="follower")
+
+        run = await run_workflow(orch, b.workflow_id)
+        handles = recording.next_submissions(2)
+
+        assert run.status == "failed"
+        assert run.task_status(follower) == "skipped"
+        assert [m["data"]["task_id"] for m in run.of_type("start_task")] == [bad]
+        # It was handed to Ray ahead: Ray refused it the failed input (or the scheduler's
+        # cancellation reached it first). Either way its code did not run.
+        outcome: TaskOutcome = handles["follower"].result(h.WAIT)
+        assert outcome.error is not None
+        assert outcome.error.type in ("UpstreamFailed", "TaskCancelledError")
+        assert not marker.exists()
+
+    engine.run(body)
+
+
+@pytest.mark.ray
+def test_cancelling_a_run_takes_back_its_chain_and_frees_everything(
+    engine: Engine, recording: Recording
+) -> None:
+    gate = engine.gate()
+
+    async def body(orch: Orchestrator) -> None:
+        b = WorkflowBuilder(orch)
+        first = b.add(h.gated, {"gate": gate.port}, name="first")
+        second = b.add(h.add_one, {"x": Ref(first)}, name="second")
+        third = b.add(h.add_one, {"x": Ref(second)}, name="third")
+        run_id = orch.run_workflow(b.workflow_id)
+        await gate.arrived(1)
+        handles = recording.next_submissions(3)
+
+        orch.cancel_run(run_id)
+        await wait_for_event(orch, run_id, is_event("task_cancelled", first))
+        await gate.open(1)
+        run = await wait_run(orch, run_id)
+
+        assert run.status == "cancelled"
+        for task in (first, second, third):
+            assert run.task_status(task) == "cancelled"
+        assert run.of_type("finish_task") == []
+        for name in ("second", "third"):
+            assert not handles[name].result(h.WAIT).ok
+        # Nothing of the chain holds resources: a task asking for the whole node runs.
+        whole = WorkflowBuilder(orch)
+        big = whole.add(h.add_one, {"x": 1}, cpu=NODE_CPUS)
+        after = await run_workflow(orch, whole.workflow_id)
+        assert after.status == "completed" and after.result(big) == {"out": 2}
+
+    engine.run(body)
+
+
+@pytest.mark.ray
+def test_a_follower_of_a_lost_task_waits_for_its_next_attempt(
+    engine: Engine, tmp_path: Path
+) -> None:
+    async def body(orch: Orchestrator) -> None:
+        b = WorkflowBuilder(orch)
+        lost = b.add(crash_once, {"marker": str(tmp_path / "crashed")}, name="lost")
+        follower = b.add(identity, {"x": Ref(lost)}, name="follower")
+
+        run = await run_workflow(orch, b.workflow_id)
+
+        assert run.status == "completed"
+        assert run.result(follower) == run.result(lost)
+        starts = [m["data"] for m in run.of_type("start_task")]
+        assert [s["task_id"] for s in starts] == [lost, lost, follower]
+        assert starts[1]["attempt"] == 2
+
+    engine.run(body)
