@@ -83,6 +83,29 @@ class TaskOutcome:
 DoneCallback = Callable[[TaskOutcome], None]
 
 
+def output_of(outcome: TaskOutcome, path: tuple[Any, ...]) -> Any:
+    """The value at ``path`` in ``outcome.value`` (an output key, or a batch index and key).
+
+    Raises:
+        UpstreamFailed: the outcome is a failure, or has nothing at ``path``.
+    """
+    if outcome.error is not None:
+        raise UpstreamFailed(f"an upstream task failed: {outcome.error.type}")
+    value = outcome.value
+    for step in path:
+        try:
+            value = value[step]
+        except (KeyError, IndexError, TypeError):
+            raise UpstreamFailed(f"an upstream task has no output at {path}") from None
+    return value
+
+
+class UpstreamFailed(Exception):
+    """Raised where a task runs instead of running it, when it was handed over before its
+    upstream task finished (see :class:`PendingOutput`) and that task gave no usable output:
+    the scheduler discards this outcome."""
+
+
 @dataclass(frozen=True)
 class PendingOutput:
     """An upstream input whose task is still running: output ``key`` of the task behind
@@ -116,9 +139,10 @@ class ExecutorBackend(ABC):
     name: str = "base"
     #: whether a submission may be handed over before its upstream tasks have finished, with
     #: :class:`PendingOutput` inputs that the executor resolves once they have (the Ray
-    #: executor passes the upstream's object ref, and Ray starts the task when it is ready);
-    #: if an upstream fails, the task must not run its code: it ends with an error that the
-    #: scheduler discards
+    #: executor passes the upstream's object ref and Ray starts the task when it is ready; the
+    #: local executor queues it when the upstream's future completes); if an upstream gives no
+    #: usable output the task must not run its code: it ends with :class:`UpstreamFailed`,
+    #: which the scheduler discards
     pipelines: bool = False
 
     @abstractmethod

@@ -6,19 +6,24 @@ caps threads. I/O-bound tasks with a small ``cpu`` overlap far beyond the core c
 
 from __future__ import annotations
 
+import functools
 import threading
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from dataclasses import replace
 
 from lattice.exceptions import TaskErrorInfo
 from lattice.executor.base import (
     DoneCallback,
     ExecutorBackend,
+    PendingOutput,
     TaskHandle,
     TaskOutcome,
     TaskSubmission,
+    UpstreamFailed,
+    output_of,
 )
 from lattice.executor.large_values import keep_in_process, keep_large_values
-from lattice.executor.runner import execute
+from lattice.executor.runner import error_info, execute
 from lattice.executor.sandbox.runner import SandboxRunner
 
 CANCELLED = TaskErrorInfo.framework("TaskCancelledError", "task was cancelled")
@@ -36,11 +41,13 @@ class _LocalHandle(TaskHandle):
         return self.future.done()
 
     def result(self, timeout: float | None = None) -> TaskOutcome:
-        from concurrent.futures import wait
-
-        done, _ = wait([self.future], timeout)
-        if not done:
-            raise TimeoutError(f"task {self.task_key} not done after {timeout}s")
+        try:
+            # Waits; a cancelled future answers at once (also one the pool never saw).
+            self.future.exception(timeout)
+        except CancelledError:
+            pass
+        except TimeoutError:
+            raise TimeoutError(f"task {self.task_key} not done after {timeout}s") from None
         return _outcome(self.future)
 
 
@@ -49,10 +56,21 @@ def _outcome(future: Future[TaskOutcome]) -> TaskOutcome:
         return future.result()
     except CancelledError:
         return TaskOutcome(error=CANCELLED)
+    except Exception as exc:  # noqa: BLE001 - the executor's own failure still ends the task
+        message = f"the executor failed to run the task: {type(exc).__name__}: {exc}"
+        return TaskOutcome(error=TaskErrorInfo.framework("ExecutorError", message))
 
 
 class LocalExecutor(ExecutorBackend):
+    """Runs submissions on a thread pool of the head's process.
+
+    It pipelines (see ExecutorBackend.pipelines): a submission whose inputs include outputs of
+    tasks still running is queued on the pool the moment the last of them finishes, from that
+    task's own thread, which is usually the thread that runs it next.
+    """
+
     name = "local"
+    pipelines = True
 
     def __init__(self, max_threads: int = 256, sandbox: SandboxRunner | None = None) -> None:
         self._max_threads = max_threads
@@ -70,9 +88,49 @@ class LocalExecutor(ExecutorBackend):
     def submit(self, submission: TaskSubmission) -> TaskHandle:
         if self._pool is None:
             self.initialize()
-        assert self._pool is not None
-        future = self._pool.submit(self._run, submission)
+        pool = self._pool
+        assert pool is not None
+        inputs = submission.upstream_inputs
+        pending = (
+            {k: v for k, v in inputs.items() if isinstance(v, PendingOutput)}
+            if isinstance(inputs, dict)
+            else {}
+        )
+        if not pending:
+            return _LocalHandle(submission.task_key, pool.submit(self._run, submission))
+        future: Future[TaskOutcome] = Future()
+        upstream = {id(p.handle): p.handle for p in pending.values()}
+        outcomes: dict[int, TaskOutcome] = {}
+        lock = threading.Lock()
+
+        def upstream_done(handle_id: int, outcome: TaskOutcome) -> None:
+            with lock:
+                outcomes[handle_id] = outcome
+                if len(outcomes) < len(upstream):
+                    return
+            if not future.set_running_or_notify_cancel():
+                return  # cancelled while it waited
+            try:
+                resolved = {
+                    k: output_of(outcomes[id(p.handle)], (p.key,)) for k, p in pending.items()
+                }
+            except UpstreamFailed as exc:
+                future.set_result(TaskOutcome(error=error_info(exc, skip_frames=0)))
+                return
+            ready = replace(submission, upstream_inputs={**inputs, **resolved})
+            pool.submit(self._run_into, ready, future)
+
+        for handle_id, handle in upstream.items():
+            handle.add_done_callback(functools.partial(upstream_done, handle_id))
         return _LocalHandle(submission.task_key, future)
+
+    def _run_into(self, submission: TaskSubmission, future: Future[TaskOutcome]) -> None:
+        try:
+            outcome = self._run(submission)
+        except BaseException as exc:
+            future.set_exception(exc)  # reported as the task's ExecutorError (see _outcome)
+            raise
+        future.set_result(outcome)
 
     def _run(self, submission: TaskSubmission) -> TaskOutcome:
         if self._sandbox is not None and self._sandbox.applies(submission):

@@ -10,7 +10,7 @@ A submission crosses to the worker as three parts, each the cheapest form for wh
   left in upstream inputs, :class:`StoredValue` outputs (see below), and the outcomes of
   upstream tasks still running (:class:`~lattice.executor.base.PendingOutput`): Ray starts the
   task once they are ready, without the head in between. If such an upstream failed, the
-  task does not run its code (:class:`UpstreamFailed`).
+  task does not run its code (:class:`~lattice.executor.base.UpstreamFailed`).
 
 Large results. The head owns the object that holds each task's outcome (it submitted the task).
 When an output value is large (see ``large_values``), the head does not copy it into the next
@@ -29,7 +29,13 @@ from typing import Any, Protocol, cast
 import cloudpickle
 import ray
 
-from lattice.executor.base import PendingOutput, TaskKind, TaskOutcome, TaskSubmission
+from lattice.executor.base import (
+    PendingOutput,
+    TaskKind,
+    TaskOutcome,
+    TaskSubmission,
+    output_of,
+)
 from lattice.executor.large_values import KeptValue, keep_large_values
 
 #: code larger than this goes to the object store once per function instead of with every
@@ -63,11 +69,6 @@ def store_large_values(
     """Replace the large top-level output values of a successful outcome with
     :class:`StoredValue` (head side; see :func:`~lattice.executor.large_values.keep_large_values`)."""
     return keep_large_values(outcome, kind, lambda path, value: StoredValue(ref, path, value))
-
-
-class UpstreamFailed(Exception):
-    """Raised in the worker instead of running a task whose upstream task failed: it was
-    handed to Ray before that task finished, and the scheduler discards this outcome."""
 
 
 class _HasRef(Protocol):
@@ -154,12 +155,7 @@ def _attach(upstream: Any, values: tuple[Any, ...]) -> Any:
         value = values[slot.index]
         if slot.path is None:
             return value
-        if value.error is not None:  # the earlier task's TaskOutcome
-            raise UpstreamFailed(f"an upstream task failed: {value.error.type}")
-        value = value.value
-        for step in slot.path:
-            value = value[step]
-        return value
+        return output_of(value, slot.path)  # value: the earlier task's TaskOutcome
 
     def attach(inputs: Any) -> Any:
         if not isinstance(inputs, dict):

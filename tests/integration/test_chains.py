@@ -1,13 +1,14 @@
-"""Chains on Ray: a task that continues a chain is handed to Ray before its upstream finishes.
+"""Chains: a task that continues a chain is handed to the executor before its upstream ends.
 
-The scheduler submits such a follower with the upstream's outcome ref as its input, so Ray
-starts it without a round trip through the head. These tests check that it really goes out
-ahead, and that nothing changes for the run when the upstream fails, is cancelled or is lost:
-the follower's code never runs on a failed upstream's output, a cancelled run leaves nothing
-running and no resources held, and a lost upstream's follower waits for the new attempt.
+The scheduler submits such a follower with a pending output as its input (on Ray, the
+upstream's outcome ref), so it starts without a round trip through the scheduler. These tests
+check, on both executors, that it really goes out ahead, and that nothing changes for the run
+when the upstream fails, is cancelled or (on Ray) is lost: the follower's code never runs on a
+failed upstream's output, a cancelled run leaves nothing running and no resources held, and a
+lost upstream's follower waits for the new attempt.
 
-The executor here is the session's Ray executor behind a proxy that records each submission
-(a real executor throughout: the proxy only watches).
+The executor is a real one (a fresh local executor, or the session's Ray executor) behind a
+proxy that records each submission: the proxy only watches.
 """
 
 from __future__ import annotations
@@ -16,39 +17,40 @@ import queue
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 import pytest
 
 from lattice.core.orchestrator.orchestrator import Orchestrator
+from lattice.core.resource.node import NodeResources
 from lattice.executor.base import ExecutorBackend, TaskHandle, TaskOutcome, TaskSubmission
+from lattice.executor.local_executor import CANCELLED, LocalExecutor
 from tests.integration import engine_helpers as h
 from tests.integration.engine_helpers import (
     NODE_CPUS,
     Engine,
     Ref,
     WorkflowBuilder,
-    is_event,
     run_workflow,
-    wait_for_event,
     wait_run,
 )
 
-pytest.importorskip("ray", reason='these tests need Ray: pip install "ray[default]"')
-from lattice.executor.ray_executor import RayExecutor
+if TYPE_CHECKING:
+    from lattice.executor.ray_executor import RayExecutor
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 class Recording(ExecutorBackend):
-    """The Ray executor, with every submission recorded as ``(task name, handle)``."""
+    """An executor, with every submission recorded as ``(task name, handle)``."""
 
-    name = "ray"
     pipelines = True
 
-    def __init__(self, inner: RayExecutor) -> None:
+    def __init__(self, inner: ExecutorBackend, owns: bool) -> None:
         self.inner = inner
+        self.name = inner.name
+        self._owns = owns
         self.submitted: queue.SimpleQueue[tuple[str, TaskHandle]] = queue.SimpleQueue()
 
     def initialize(self) -> None:
@@ -57,7 +59,7 @@ class Recording(ExecutorBackend):
     def cluster_nodes(self) -> list[dict[str, Any]]:
         return self.inner.cluster_nodes()
 
-    def alive_node_ids(self) -> set[str]:
+    def alive_node_ids(self) -> set[str] | None:
         return self.inner.alive_node_ids()
 
     def on_nodes_changed(self, callback: Callable[[], None]) -> None:
@@ -75,21 +77,37 @@ class Recording(ExecutorBackend):
         return self.inner.cancel(handle)
 
     def shutdown(self) -> None:
-        """The session's executor outlives this test."""
+        if self._owns:  # the session's Ray executor outlives this test
+            self.inner.shutdown()
 
     def next_submissions(self, count: int) -> dict[str, TaskHandle]:
         """Block until ``count`` more submissions were made; name -> handle."""
         return dict(self.submitted.get(timeout=h.WAIT) for _ in range(count))
 
 
-@pytest.fixture
-def recording(ray_executor: RayExecutor) -> Recording:
-    return Recording(ray_executor)
+@pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.ray)])
+def recording(request: pytest.FixtureRequest) -> Recording:
+    if request.param == "local":
+        return Recording(LocalExecutor(), owns=True)
+    ray_executor: RayExecutor = request.getfixturevalue("ray_executor")
+    return Recording(ray_executor, owns=False)
 
 
 @pytest.fixture
 def engine(recording: Recording) -> Iterator[Engine]:
-    eng = Engine("ray", lambda: recording, owns_executor=False)
+    eng = Engine(
+        recording.name,
+        lambda: recording,
+        owns_executor=True,
+        local_resources=NodeResources(cpu_count=NODE_CPUS, memory_bytes=8 * h.GiB),
+    )
+    yield eng
+    eng.close()
+
+
+@pytest.fixture
+def ray_engine(ray_executor: RayExecutor) -> Iterator[Engine]:
+    eng = Engine("ray", lambda: ray_executor, owns_executor=False)
     yield eng
     eng.close()
 
@@ -116,8 +134,7 @@ def crash_once(p: dict[str, Any]) -> dict[str, Any]:
     return {"out": os.getpid()}
 
 
-@pytest.mark.ray
-def test_a_chain_goes_to_ray_whole_while_its_first_task_still_runs(
+def test_a_chain_goes_out_whole_while_its_first_task_still_runs(
     engine: Engine, recording: Recording
 ) -> None:
     gate = engine.gate()
@@ -150,7 +167,6 @@ def test_a_chain_goes_to_ray_whole_while_its_first_task_still_runs(
     engine.run(body)
 
 
-@pytest.mark.ray
 def test_a_follower_of_a_failed_task_never_runs_its_code(
     engine: Engine, recording: Recording, tmp_path: Path
 ) -> None:
@@ -167,8 +183,8 @@ def test_a_follower_of_a_failed_task_never_runs_its_code(
         assert run.status == "failed"
         assert run.task_status(follower) == "skipped"
         assert [m["data"]["task_id"] for m in run.of_type("start_task")] == [bad]
-        # It was handed to Ray ahead: Ray refused it the failed input (or the scheduler's
-        # cancellation reached it first). Either way its code did not run.
+        # It was handed over ahead: the executor refused it the failed input (or the
+        # scheduler's cancellation reached it first). Either way its code did not run.
         outcome: TaskOutcome = handles["follower"].result(h.WAIT)
         assert outcome.error is not None
         assert outcome.error.type in ("UpstreamFailed", "TaskCancelledError")
@@ -177,7 +193,6 @@ def test_a_follower_of_a_failed_task_never_runs_its_code(
     engine.run(body)
 
 
-@pytest.mark.ray
 def test_cancelling_a_run_takes_back_its_chain_and_frees_everything(
     engine: Engine, recording: Recording
 ) -> None:
@@ -193,7 +208,8 @@ def test_cancelling_a_run_takes_back_its_chain_and_frees_everything(
         handles = recording.next_submissions(3)
 
         orch.cancel_run(run_id)
-        await wait_for_event(orch, run_id, is_event("task_cancelled", first))
+        # The scheduler withdrew the follower (before `first` could hand it anything).
+        assert handles["second"].result(h.WAIT).error == CANCELLED
         await gate.open(1)
         run = await wait_run(orch, run_id)
 
@@ -201,8 +217,7 @@ def test_cancelling_a_run_takes_back_its_chain_and_frees_everything(
         for task in (first, second, third):
             assert run.task_status(task) == "cancelled"
         assert run.of_type("finish_task") == []
-        for name in ("second", "third"):
-            assert not handles[name].result(h.WAIT).ok
+        assert not handles["third"].result(h.WAIT).ok
         # Nothing of the chain holds resources: a task asking for the whole node runs.
         whole = WorkflowBuilder(orch)
         big = whole.add(h.add_one, {"x": 1}, cpu=NODE_CPUS)
@@ -214,8 +229,10 @@ def test_cancelling_a_run_takes_back_its_chain_and_frees_everything(
 
 @pytest.mark.ray
 def test_a_follower_of_a_lost_task_waits_for_its_next_attempt(
-    engine: Engine, tmp_path: Path
+    ray_engine: Engine, tmp_path: Path
 ) -> None:
+    """Ray only: the task kills its process, which on the local executor is the head."""
+
     async def body(orch: Orchestrator) -> None:
         b = WorkflowBuilder(orch)
         lost = b.add(crash_once, {"marker": str(tmp_path / "crashed")}, name="lost")
@@ -229,4 +246,4 @@ def test_a_follower_of_a_lost_task_waits_for_its_next_attempt(
         assert [s["task_id"] for s in starts] == [lost, lost, follower]
         assert starts[1]["attempt"] == 2
 
-    engine.run(body)
+    ray_engine.run(body)
