@@ -409,6 +409,19 @@ def timed_sleep(p: dict[str, Any]) -> dict[str, Any]:
     return {"out": p.get("value"), "start": start, "end": time.time()}
 
 
+def crash_once(p: dict[str, Any]) -> dict[str, Any]:
+    """Kills its whole process (a Ray task host) the first time, succeeds the second:
+    returns the pids of both attempts."""
+    import os
+    from pathlib import Path
+
+    marker = Path(p["marker"])
+    if not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os._exit(1)
+    return {"out": (int(marker.read_text()), os.getpid())}
+
+
 def pass_gate(port: int) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as conn:
         conn.settimeout(4 * WAIT)

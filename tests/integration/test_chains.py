@@ -26,6 +26,7 @@ from lattice.core.orchestrator.orchestrator import Orchestrator
 from lattice.core.resource.node import NodeResources
 from lattice.executor.base import ExecutorBackend, TaskHandle, TaskOutcome, TaskSubmission
 from lattice.executor.local_executor import CANCELLED, LocalExecutor
+from lattice.serialization import decode_value
 from tests.integration import engine_helpers as h
 from tests.integration.engine_helpers import (
     NODE_CPUS,
@@ -122,16 +123,22 @@ def identity(p: dict[str, Any]) -> dict[str, Any]:
     return {"out": p["x"]}
 
 
-def crash_once(p: dict[str, Any]) -> dict[str, Any]:
-    """Kills its process (the task host) the first time, returns its pid the second."""
-    import os
-    from pathlib import Path
-
-    marker = Path(p["marker"])
-    if not marker.exists():
-        marker.write_text(str(os.getpid()))
-        os._exit(1)
-    return {"out": os.getpid()}
+async def start_gated_chain(
+    orch: Orchestrator, gate: h.Gate, recording: Recording, extra: dict[str, float] | None = None
+) -> tuple[str, list[str], dict[str, TaskHandle]]:
+    """Start a run of first (waits at ``gate``) -> second -> third, all alike, plus ``extra``
+    tasks (name -> the CPU it asks for) that read second too; return the run id, the three
+    task ids, and the handles of the three once all were submitted (``first`` still at the
+    gate)."""
+    b = WorkflowBuilder(orch)
+    first = b.add(h.gated, {"gate": gate.port}, name="first")
+    second = b.add(identity, {"x": Ref(first)}, name="second")
+    third = b.add(identity, {"x": Ref(second)}, name="third")
+    for name, cpu in (extra or {}).items():
+        b.add(identity, {"x": Ref(second)}, cpu=cpu, name=name)
+    run_id = orch.run_workflow(b.workflow_id)
+    await gate.arrived(1)
+    return run_id, [first, second, third], recording.next_submissions(3)
 
 
 def test_a_chain_goes_out_whole_while_its_first_task_still_runs(
@@ -140,16 +147,11 @@ def test_a_chain_goes_out_whole_while_its_first_task_still_runs(
     gate = engine.gate()
 
     async def body(orch: Orchestrator) -> None:
-        b = WorkflowBuilder(orch)
-        first = b.add(h.gated, {"gate": gate.port}, name="first")
-        second = b.add(identity, {"x": Ref(first)}, name="second")
-        third = b.add(identity, {"x": Ref(second)}, name="third")
-        # A different request does not continue the chain: it waits as usual.
-        other = b.add(identity, {"x": Ref(second)}, cpu=1, name="other")
-        run_id = orch.run_workflow(b.workflow_id)
-        await gate.arrived(1)
+        # "other" asks for more: it does not continue the chain, it waits as usual.
+        run_id, (first, second, third), submitted = await start_gated_chain(
+            orch, gate, recording, {"other": 1}
+        )
 
-        submitted = recording.next_submissions(3)
         assert set(submitted) == {"first", "second", "third"}
         assert not any(handle.done() for handle in submitted.values())
         await gate.open(1)
@@ -157,8 +159,10 @@ def test_a_chain_goes_out_whole_while_its_first_task_still_runs(
 
         assert run.status == "completed"
         token = run.result(first)["out"]
-        for task in (second, third, other):
-            assert run.result(task) == {"out": token}
+        followers = [m for m in run.of_type("finish_task") if m["data"]["task_id"] != first]
+        assert len(followers) == 3
+        for message in followers:
+            assert decode_value(message["data"]["result"]) == {"out": token}
         # The run hears of each follower when its upstream finished, in that order.
         for upstream, follower in ((first, second), (second, third)):
             assert run.seq("finish_task", upstream) < run.seq("start_task", follower)
@@ -199,13 +203,7 @@ def test_cancelling_a_run_takes_back_its_chain_and_frees_everything(
     gate = engine.gate()
 
     async def body(orch: Orchestrator) -> None:
-        b = WorkflowBuilder(orch)
-        first = b.add(h.gated, {"gate": gate.port}, name="first")
-        second = b.add(h.add_one, {"x": Ref(first)}, name="second")
-        third = b.add(h.add_one, {"x": Ref(second)}, name="third")
-        run_id = orch.run_workflow(b.workflow_id)
-        await gate.arrived(1)
-        handles = recording.next_submissions(3)
+        run_id, tasks, handles = await start_gated_chain(orch, gate, recording)
 
         orch.cancel_run(run_id)
         # The scheduler withdrew the follower (before `first` could hand it anything).
@@ -214,7 +212,7 @@ def test_cancelling_a_run_takes_back_its_chain_and_frees_everything(
         run = await wait_run(orch, run_id)
 
         assert run.status == "cancelled"
-        for task in (first, second, third):
+        for task in tasks:
             assert run.task_status(task) == "cancelled"
         assert run.of_type("finish_task") == []
         assert not handles["third"].result(h.WAIT).ok
@@ -235,7 +233,7 @@ def test_a_follower_of_a_lost_task_waits_for_its_next_attempt(
 
     async def body(orch: Orchestrator) -> None:
         b = WorkflowBuilder(orch)
-        lost = b.add(crash_once, {"marker": str(tmp_path / "crashed")}, name="lost")
+        lost = b.add(h.crash_once, {"marker": str(tmp_path / "crashed")}, name="lost")
         follower = b.add(identity, {"x": Ref(lost)}, name="follower")
 
         run = await run_workflow(orch, b.workflow_id)

@@ -268,25 +268,13 @@ def engine(ray_executor: RayExecutor) -> Iterator[Engine]:
     eng.close()
 
 
-def crash_once(p: dict[str, Any]) -> dict[str, Any]:
-    """Kills its whole process (the task host) the first time, succeeds the second."""
-    import os
-    from pathlib import Path
-
-    marker = Path(p["marker"])
-    if not marker.exists():
-        marker.write_text(str(os.getpid()))
-        os._exit(1)
-    return {"out": (int(marker.read_text()), os.getpid())}
-
-
 @pytest.mark.ray
 def test_scheduler_dispatches_a_task_lost_with_its_host_again(
     engine: Engine, tmp_path: Path
 ) -> None:
     async def body(orch: Orchestrator) -> None:
         b = WorkflowBuilder(orch)
-        task = b.add(crash_once, {"marker": str(tmp_path / "crashed")}, cpu=0.1)
+        task = b.add(h.crash_once, {"marker": str(tmp_path / "crashed")}, cpu=0.1)
         then = b.add(h.add_one, {"x": 41})
 
         run = await run_workflow(orch, b.workflow_id)

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 from lattice.core.resource.requirements import TaskResourceRequirements
-from lattice.core.runtime.task import BaseTaskRuntime, CodeTaskRuntime
 from lattice.core.scheduler.pending import PendingItem, PendingQueue
+from tests.unit.runtimes import rt
 
 SMALL = TaskResourceRequirements(cpu=1)
 LARGE = TaskResourceRequirements(cpu=8)
-
-
-def rt(task_id: str, run_id: str = "r1") -> BaseTaskRuntime:
-    return CodeTaskRuntime(
-        run_id=run_id,
-        workflow_id="wf",
-        task_id=task_id,
-        task_name=task_id,
-        code=b"",
-        code_id="c",
-        requirements=SMALL,
-    )
 
 
 def item(

@@ -8,24 +8,12 @@ import pytest
 from lattice.core.observer import EngineObserver
 from lattice.core.orchestrator.context import RunContext
 from lattice.core.orchestrator.events import InMemoryEventStore
-from lattice.core.resource.requirements import TaskResourceRequirements
-from lattice.core.runtime.task import BaseTaskRuntime, CodeTaskRuntime
+from lattice.core.runtime.task import BaseTaskRuntime
 from lattice.core.scheduler.message_bus import MessageBus
 from lattice.core.scheduler.messages import MessageType, RunTasksData
 from lattice.core.scheduler.waiting import WaitingTasks
 from lattice.core.workflow.base import CodeTask, Workflow
-
-
-def rt(task_id: str, run_id: str = "r1") -> BaseTaskRuntime:
-    return CodeTaskRuntime(
-        run_id=run_id,
-        workflow_id="wf",
-        task_id=task_id,
-        task_name=task_id,
-        code=b"",
-        code_id="c",
-        requirements=TaskResourceRequirements(cpu=1),
-    )
+from tests.unit.runtimes import rt
 
 
 def ids(tasks: list[BaseTaskRuntime]) -> list[str]:
