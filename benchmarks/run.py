@@ -178,7 +178,7 @@ def busy(b: Bench) -> list[Row]:
             ms(median(beside)),
             ms(median(alone)) + " alone",
             extra * 1e3,
-            f"+{extra * 1e3:.2f} ms",
+            f"{extra * 1e3:+.2f} ms",
             Target("< +20 ms", 20.0),
             {"beside_s": beside, "alone_s": alone},
         )
