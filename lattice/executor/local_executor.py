@@ -118,7 +118,13 @@ class LocalExecutor(ExecutorBackend):
                 future.set_result(TaskOutcome(error=error_info(exc, skip_frames=0)))
                 return
             ready = replace(submission, upstream_inputs={**inputs, **resolved})
-            pool.submit(self._run_into, ready, future)
+            try:
+                pool.submit(self._run_into, ready, future)
+            except RuntimeError as exc:  # the executor was shut down while it waited
+                message = f"task {submission.task_name} was not started: {exc}"
+                future.set_result(
+                    TaskOutcome(error=TaskErrorInfo.framework("ExecutorError", message))
+                )
 
         for handle_id, handle in upstream.items():
             handle.add_done_callback(functools.partial(upstream_done, handle_id))
