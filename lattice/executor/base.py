@@ -83,6 +83,12 @@ class TaskOutcome:
 DoneCallback = Callable[[TaskOutcome], None]
 
 
+class UpstreamFailed(Exception):
+    """Raised where a task runs instead of running it, when it was handed over before its
+    upstream task finished (see :class:`PendingOutput`) and that task gave no usable output:
+    the scheduler discards this outcome."""
+
+
 def output_of(outcome: TaskOutcome, path: tuple[Any, ...]) -> Any:
     """The value at ``path`` in ``outcome.value`` (an output key, or a batch index and key).
 
@@ -98,12 +104,6 @@ def output_of(outcome: TaskOutcome, path: tuple[Any, ...]) -> Any:
         except (KeyError, IndexError, TypeError):
             raise UpstreamFailed(f"an upstream task has no output at {path}") from None
     return value
-
-
-class UpstreamFailed(Exception):
-    """Raised where a task runs instead of running it, when it was handed over before its
-    upstream task finished (see :class:`PendingOutput`) and that task gave no usable output:
-    the scheduler discards this outcome."""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lattice.core.resource.requirements import TaskResourceRequirements
-from lattice.core.runtime.task import BaseTaskRuntime, CodeTaskRuntime
+from lattice.core.runtime.task import CodeTaskRuntime
 
 #: what every task made by :func:`rt` asks for unless told otherwise
 ONE_CPU = TaskResourceRequirements(cpu=1)
@@ -11,7 +11,7 @@ ONE_CPU = TaskResourceRequirements(cpu=1)
 
 def rt(
     task_id: str, run_id: str = "r1", requirements: TaskResourceRequirements = ONE_CPU
-) -> BaseTaskRuntime:
+) -> CodeTaskRuntime:
     """A code task's runtime in run ``run_id``, named after its id."""
     return CodeTaskRuntime(
         run_id=run_id,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cloudpickle
 
 from lattice.core.resource.requirements import TaskResourceRequirements
@@ -9,6 +11,7 @@ from lattice.core.runtime.task import CodeTaskRuntime
 from lattice.core.scheduler.batch_collector import BatchCollector
 from lattice.core.workflow.inputs import BatchConfig
 from lattice.executor.base import code_digest
+from tests.unit.runtimes import rt
 
 
 def embed(inputs: list[dict[str, str]]) -> list[dict[str, int]]:
@@ -21,14 +24,11 @@ CODE = cloudpickle.dumps(embed)
 def task(
     task_id: str, *, run_id: str = "r1", name: str = "embed", cpu: float = 1.0
 ) -> CodeTaskRuntime:
-    return CodeTaskRuntime(
-        run_id=run_id,
-        workflow_id="wf",
-        task_id=task_id,
+    return replace(
+        rt(task_id, run_id, TaskResourceRequirements(cpu=cpu)),
         task_name=name,
         code=CODE,
         code_id=code_digest(CODE),
-        requirements=TaskResourceRequirements(cpu=cpu),
         batch=BatchConfig(batch_size=3, batch_timeout=1.0),
     )
 

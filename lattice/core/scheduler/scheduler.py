@@ -341,11 +341,11 @@ class Scheduler:
     def _follow_up(self, key: str, upstream: _Running, settled: _Settled) -> None:
         """The submission ``key`` was chained behind ``upstream``, which is over now."""
         running = self._running[key]
-        task = running.item.tasks[0]
+        task, upstream_task = running.item.tasks[0], upstream.item.tasks[0]
         if settled is _Settled.COMPLETED:
             error = self._unresolved_reference(task)
             if error is not None:
-                self._take_back_chain(key, upstream.item.tasks[0], wait_again=False)
+                self._take_back_chain(key, upstream_task, wait_again=False)
                 self._fail(task, error, "")
                 return
             if self._rm.claim(running.node, running.item.requirements):
@@ -357,11 +357,11 @@ class Scheduler:
                     self._on_task_done(early)
                 return
             # Its node is no longer taking tasks (draining or gone): start it afresh elsewhere.
-            self._take_back_chain(key, upstream.item.tasks[0], wait_again=True)
-            for ready in self._waiting.finished(task.run_id, upstream.item.tasks[0].task_id):
+            self._take_back_chain(key, upstream_task, wait_again=True)
+            for ready in self._waiting.finished(task.run_id, upstream_task.task_id):
                 self._make_ready(ready)
             return
-        self._take_back_chain(key, upstream.item.tasks[0], settled is _Settled.REQUEUED)
+        self._take_back_chain(key, upstream_task, settled is _Settled.REQUEUED)
 
     def _take_back_chain(
         self, key: str | None, upstream: BaseTaskRuntime, wait_again: bool

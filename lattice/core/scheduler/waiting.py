@@ -34,7 +34,6 @@ class _Run:
 class WaitingTasks:
     def __init__(self) -> None:
         self._runs: dict[str, _Run] = {}
-        self._count = 0
 
     def add(self, task: BaseTaskRuntime, after: Iterable[str]) -> None:
         """Hold ``task`` until every task in ``after`` (non-empty) has finished."""
@@ -45,7 +44,6 @@ class WaitingTasks:
         if task.task_id in run.waiting:
             raise ValueError(f"task {task.task_id} of run {task.run_id} is already waiting")
         run.waiting[task.task_id] = _Waiting(task, remaining)
-        self._count += 1
         for upstream in remaining:
             run.dependants.setdefault(upstream, []).append(task.task_id)
 
@@ -96,16 +94,13 @@ class WaitingTasks:
 
     def drop_run(self, run_id: str) -> None:
         """Forget every waiting task of ``run_id`` (cancelled or over)."""
-        run = self._runs.pop(run_id, None)
-        if run is not None:
-            self._count -= len(run.waiting)
+        self._runs.pop(run_id, None)
 
     def _forget(self, run_id: str, run: _Run, task_id: str) -> None:
         del run.waiting[task_id]
-        self._count -= 1
         if not run.waiting:
             # Nothing of the run waits any more: what is left are lists of dropped tasks.
             del self._runs[run_id]
 
     def __len__(self) -> int:
-        return self._count
+        return sum(len(run.waiting) for run in self._runs.values())
