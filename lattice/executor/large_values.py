@@ -68,6 +68,15 @@ def keep_large_values(outcome: TaskOutcome, kind: TaskKind, make: MakeLarge) -> 
     return replace(outcome, value=items)
 
 
+def has_large_values(outcome: TaskOutcome, kind: TaskKind) -> bool:
+    """Whether :func:`keep_large_values` would replace any value of ``outcome``."""
+    if not outcome.ok or kind is TaskKind.LANGGRAPH:
+        return False
+    value = outcome.value
+    dicts = [value] if kind is TaskKind.CODE else value if isinstance(value, list) else []
+    return any(isinstance(d, dict) and any(is_large(v) for v in d.values()) for d in dicts)
+
+
 def _keep_dict(outputs: Any, prefix: tuple[Any, ...], make: MakeLarge) -> Any:
     if not isinstance(outputs, dict) or not any(is_large(v) for v in outputs.values()):
         return outputs

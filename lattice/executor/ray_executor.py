@@ -27,27 +27,26 @@ import string
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, wait
 from typing import Any
 
 from lattice.exceptions import (
     LatticeInputError,
     LatticeUsageError,
     LatticeWorldError,
-    TaskErrorInfo,
 )
 from lattice.executor.base import (
-    DoneCallback,
     ExecutorBackend,
+    PendingOutput,
     TaskHandle,
     TaskOutcome,
     TaskSubmission,
 )
-from lattice.executor.local_executor import CANCELLED
-from lattice.executor.ray_hosts import HostPool, is_light
+from lattice.executor.ray_channel import RUN, ChannelServer, dumps
+from lattice.executor.ray_handles import ChannelHandle, FollowerHandle, Handle, RayHandle
+from lattice.executor.ray_hosts import Host, HostKind, HostPool, host_kind
 from lattice.executor.ray_membership import NodeWatcher, alive_ids
 from lattice.executor.ray_node import START_TIMEOUT, RayHead, align_auth_mode
-from lattice.executor.ray_payload import CODE_INLINE_BYTES, pack, store_large_values, unpack
+from lattice.executor.ray_payload import CODE_INLINE_BYTES, Packed, pack, unpack
 from lattice.executor.ray_ports import NodePorts
 from lattice.executor.runner import execute
 from lattice.executor.sandbox.runner import SandboxRunner
@@ -98,145 +97,6 @@ def _run_in_fresh_worker(*args: Any) -> TaskOutcome:
     return _run_in_worker(*args)
 
 
-# --- results --------------------------------------------------------------------------------
-
-
-def _outcome_of(
-    future: Future[Any], task: str, where: str, cancelled: bool, on_host: bool
-) -> TaskOutcome:
-    """Translate a finished Ray future into the outcome the scheduler understands.
-
-    ``cancelled``: Lattice asked to cancel the task, so a killed worker means cancelled.
-    """
-    exc = future.exception(timeout=0)
-    if exc is not None:
-        return _failure(exc, task, where, cancelled, on_host)
-    value = future.result(timeout=0)
-    if not isinstance(value, TaskOutcome):
-        message = f"task {task} returned {type(value).__name__}, not an outcome"
-        return TaskOutcome(error=TaskErrorInfo.framework("ExecutorError", message))
-    return value
-
-
-def _failure(
-    exc: BaseException, task: str, where: str, cancelled: bool, on_host: bool
-) -> TaskOutcome:
-    errors = ray.exceptions
-    if isinstance(exc, errors.TaskCancelledError):
-        return TaskOutcome(error=CANCELLED)
-    if isinstance(exc, errors.RayTaskError):
-        # Raised outside the runner's own guard (a BaseException, or the submission could not
-        # be unpickled in the worker): the task's failure, so not retried.
-        cause = exc.cause
-        return TaskOutcome(error=TaskErrorInfo(type(cause).__name__, str(cause), _traceback(exc)))
-    if isinstance(exc, errors.RaySystemError) and isinstance(exc.client_exc, BaseException):
-        # The result arrived but cannot be unpickled here (e.g. a module the server lacks).
-        cause = exc.client_exc
-        message = f"the result of task {task} could not be loaded on the server: {cause}"
-        return TaskOutcome(error=TaskErrorInfo(type(cause).__name__, message, _traceback(exc)))
-    if cancelled:
-        # cancel() escalated to killing the worker: that death is the cancellation.
-        return TaskOutcome(error=CANCELLED)
-    if isinstance(exc, errors.RayError):
-        return _lost(exc, task, where, on_host)
-    logger.error("unexpected error from Ray for task %s", task, exc_info=exc)
-    return TaskOutcome(error=TaskErrorInfo.framework(type(exc).__name__, str(exc)))
-
-
-def _traceback(exc: BaseException) -> str:
-    # The error Ray raises is an instance of the cause's class too, and delegates unknown
-    # attributes to the cause: when Ray did not set ``traceback_str`` that lookup fails.
-    return getattr(exc, "traceback_str", None) or ""
-
-
-def _lost(exc: BaseException, task: str, where: str, on_host: bool = False) -> TaskOutcome:
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
-    if on_host and isinstance(exc, ray.exceptions.RayActorError):
-        # The task host is the worker process of its light tasks: its death is theirs.
-        reason = f"its task host process died ({type(exc).__name__}: {reason})"
-        message = f"task {task} was lost on {where}: WorkerCrashedError: {reason}"
-    else:
-        message = f"task {task} was lost on {where}: {type(exc).__name__}: {reason}"
-    return TaskOutcome(error=TaskErrorInfo.framework("WorkerLostError", message), lost=True)
-
-
-class _RayHandle(TaskHandle):
-    """One submission on Ray. Its outcome is settled once: when Ray reports the task over, or
-    when the executor stops waiting for a cancelled task that cannot be stopped (abandon)."""
-
-    def __init__(
-        self,
-        sub: TaskSubmission,
-        ref: ray.ObjectRef[Any],
-        where: str,
-        host: Any = None,
-        on_lost: Callable[[], None] | None = None,
-    ) -> None:
-        super().__init__(sub.task_key)
-        self.ref = ref
-        #: the task host running it, for light tasks (see ray_hosts)
-        self.host = host
-        #: set by RayExecutor.cancel before it asks Ray to stop the task
-        self.cancel_requested = False
-        self._task = f"{sub.task_name} ({sub.task_key})"
-        self._kind = sub.kind
-        self._where = where
-        self._on_lost = on_lost
-        self._lock = threading.Lock()
-        self._settled = False
-        self._outcome: Future[TaskOutcome] = Future()
-        # One future per handle: each ref.future() call registers its own fetch with Ray.
-        self._ray_future: Future[Any] = ref.future()
-        self._ray_future.add_done_callback(self._ray_done)
-
-    def _ray_done(self, future: Future[Any]) -> None:
-        try:
-            outcome = _outcome_of(
-                future, self._task, self._where, self.cancel_requested, self.host is not None
-            )
-        except Exception as exc:
-            # The task is over whatever its report says: an outcome that cannot be read is
-            # the task's error, never a task that stays running.
-            logger.exception("cannot read how task %s ended", self._task)
-            message = f"cannot read how task {self._task} ended: {type(exc).__name__}: {exc}"
-            outcome = TaskOutcome(error=TaskErrorInfo.framework("ExecutorError", message))
-        if outcome.lost and self._on_lost is not None:
-            self._on_lost()
-        # Large output values stay where they are: see ray_payload.
-        self._settle(store_large_values(outcome, self.ref, self._kind))
-
-    def abandon(self) -> None:
-        """Report the task cancelled now; whatever it returns later is discarded."""
-        self._settle(TaskOutcome(error=CANCELLED))
-
-    def _settle(self, outcome: TaskOutcome) -> None:
-        with self._lock:
-            if self._settled:
-                return  # abandoned first: this is the discarded late result
-            self._settled = True
-        self._outcome.set_result(outcome)
-
-    def on_ray_done(self, fn: Callable[[], None]) -> None:
-        """Call ``fn()`` when Ray reports the task over, without waiting for its outcome."""
-        self._ray_future.add_done_callback(lambda _f: fn())
-
-    def add_done_callback(self, fn: DoneCallback) -> None:
-        """Call ``fn(outcome)`` once the task ends; at once if it already has.
-
-        Otherwise ``fn`` runs on a Ray-owned thread, so it must be quick (post a message).
-        """
-        self._outcome.add_done_callback(lambda f: fn(f.result()))
-
-    def done(self) -> bool:
-        return self._outcome.done()
-
-    def result(self, timeout: float | None = None) -> TaskOutcome:
-        done, _ = wait([self._outcome], timeout)
-        if not done:
-            raise TimeoutError(f"task {self.task_key} not done after {timeout}s")
-        return self._outcome.result()
-
-
 # --- the executor ---------------------------------------------------------------------------
 
 
@@ -273,6 +133,8 @@ class RayExecutor(ExecutorBackend):
         cancel_grace: seconds a cancelled task has to stop by itself before its worker is
             killed, or (a light task on a task host) before it is reported cancelled (see
             :meth:`cancel`).
+        host_connections: send light tasks to their task hosts over a direct connection
+            (see :mod:`~lattice.executor.ray_channel`); False sends each as a Ray call.
 
     Raises:
         LatticeUsageError: both ``address`` and ``ray_port`` were given.
@@ -291,6 +153,7 @@ class RayExecutor(ExecutorBackend):
         namespace: str = "lattice",
         node_ports: NodePorts | None = None,
         cancel_grace: float = 2.0,
+        host_connections: bool = True,
     ) -> None:
         if address is not None and ray_port is not None:
             raise LatticeUsageError(
@@ -307,6 +170,8 @@ class RayExecutor(ExecutorBackend):
         self._sandbox = sandbox
         self._namespace = namespace
         self._cancel_grace = cancel_grace
+        self._host_connections = host_connections
+        self._channel: ChannelServer | None = None
         self._lock = threading.Lock()
         self._initialized = False
         self._owns_connection = False
@@ -349,7 +214,10 @@ class RayExecutor(ExecutorBackend):
                 self._connect()
             self._remote = ray.remote(max_retries=0)(_run_in_worker)
             self._remote_fresh = ray.remote(max_retries=0, max_calls=1)(_run_in_fresh_worker)
-            self._hosts = HostPool()
+            if self._host_connections:
+                port = self._node_ports.host_connections if self._node_ports else 0
+                self._channel = ChannelServer(ray.util.get_node_ip_address(), port)
+            self._hosts = HostPool(self._channel)
             self._alive = alive_ids(ray.nodes())
             self._watcher = NodeWatcher(
                 ray.get_runtime_context().gcs_address, self._alive, self._nodes_changed
@@ -411,10 +279,13 @@ class RayExecutor(ExecutorBackend):
             owns, self._owns_connection = self._owns_connection, False
             head, self._head = self._head, None
             hosts, self._hosts = self._hosts, None
+            channel, self._channel = self._channel, None
         if watcher is not None:
             watcher.stop()
         if hosts is not None:
             hosts.close()
+        if channel is not None:
+            channel.close()
         with self._submit_lock:
             self._options.clear()
             self._code_refs.clear()
@@ -467,45 +338,88 @@ class RayExecutor(ExecutorBackend):
     def submit(self, submission: TaskSubmission) -> TaskHandle:
         """Start ``submission`` on its node; the handle reports its outcome.
 
-        A light task (see :func:`~lattice.executor.ray_hosts.is_light`) runs on a thread of
-        its node's task host, created on first use; only on a node seen alive, so that one
-        pinned to a node that is gone comes back lost as a plain task does. Every other task
-        is a Ray task of its own.
+        A task without GPU or sandbox runs on a task host of its node (see
+        :mod:`~lattice.executor.ray_hosts`: a thread of the shared host for ``cpu < 1``, a
+        process host of its own otherwise), created on first use, and only on a node seen
+        alive, so that one pinned to a node that is gone comes back lost as a Ray task does.
+        It goes over the host's connection when it can (see
+        :mod:`~lattice.executor.ray_channel`), else as a Ray call. A GPU or sandboxed task is
+        a Ray task of its own.
 
         Raises:
             LatticeUsageError: the executor is not initialized.
         """
         self._require_initialized()
-        hosts = self._hosts
-        assert hosts is not None
         node = submission.node
-        pinned = _is_ray_node_id(node.node_id)
         where = (
             f"node {node.node_id} ({node.node_ip})"
-            if pinned
+            if _is_ray_node_id(node.node_id)
             else f"node {node.node_id!r} ({node.node_ip})"
         )
         sandbox = self._sandbox
         if sandbox is not None and not sandbox.applies(submission):
             sandbox = None
+        kind = host_kind(submission, sandbox is not None)
+        waits_for = _outputs_to_wait_for(submission, kind)
+        if waits_for:
+            return FollowerHandle(
+                submission, where, waits_for, lambda sub: self._send(sub, where, kind, sandbox)
+            )
+        return self._send(submission, where, kind, sandbox)
+
+    def _send(
+        self,
+        submission: TaskSubmission,
+        where: str,
+        kind: HostKind | None,
+        sandbox: SandboxRunner | None,
+    ) -> Handle:
+        hosts = self._hosts
+        if hosts is None:
+            raise LatticeUsageError("RayExecutor was shut down")
+        node = submission.node
+        pinned = _is_ray_node_id(node.node_id)
         code = self._code_arg(submission)
         packed = pack(submission, drop_code=code is not None)
-        if is_light(submission, sandbox is not None) and (
-            not pinned or node.node_id in self._alive
-        ):
-            host = hosts.get(node.node_id, _affinity(node.node_id) if pinned else None)
-            ref = host.run.remote(packed.payload, packed.upstream, code, *packed.refs)
-            return _RayHandle(
-                submission, ref, where, host, lambda: hosts.forget(node.node_id, host)
-            )
+        if kind is not None and (not pinned or node.node_id in self._alive):
+            strategy = _affinity(node.node_id) if pinned else None
+            if kind is HostKind.SHARED:
+                host = hosts.get(node.node_id, strategy)
+            else:
+                host = hosts.acquire(node.node_id, strategy)
+            handle = self._send_to_host(host, submission, where, packed, code)
+            if kind is HostKind.PROCESS:
+                handle.on_ended(lambda: hosts.release(host))
+            return handle
         remote = self._task_options(submission, pinned)
         ref = remote.remote(packed.payload, packed.upstream, code, sandbox, *packed.refs)
-        return _RayHandle(submission, ref, where)
+        return RayHandle(submission, ref, where)
+
+    def _send_to_host(
+        self, host: Host, sub: TaskSubmission, where: str, packed: Packed, code: Any
+    ) -> Handle:
+        hosts = self._hosts
+        assert hosts is not None
+        on_lost = functools.partial(hosts.forget, host)
+        if host.link is not None and not packed.refs and code is None:
+            handle = ChannelHandle(sub, where, host, on_lost)
+            try:
+                frame = dumps((RUN, sub.task_key, packed.payload, packed.upstream))
+            except Exception:  # noqa: BLE001 - an input only Ray's serializer carries (or reports)
+                frame = None
+            if frame is not None and host.link.send_run(sub.task_key, handle, frame):
+                return handle
+        ref = host.actor.run.remote(packed.payload, packed.upstream, code, *packed.refs)
+        return RayHandle(sub, ref, where, host, on_lost)
+
+    def task_hosts(self) -> list[Host]:
+        """The task hosts alive now (see :mod:`~lattice.executor.ray_hosts`)."""
+        return self._hosts.hosts() if self._hosts is not None else []
 
     def release_node(self, node_id: str) -> None:
         """Stop the task host on ``node_id`` (see ExecutorBackend.release_node)."""
         if self._hosts is not None:
-            self._hosts.release(node_id)
+            self._hosts.release_node(node_id)
 
     def _task_options(self, sub: TaskSubmission, pinned: bool) -> Any:
         """The remote function with this submission's options. ``.options()`` builds a new
@@ -558,43 +472,83 @@ class RayExecutor(ExecutorBackend):
     def cancel(self, handle: TaskHandle) -> bool:
         """Stop the task: dequeue it, or interrupt it, or after ``cancel_grace`` end it.
 
-        A task not yet started is dequeued. A running task is interrupted: Ray raises
-        KeyboardInterrupt in a task's process; a light task's thread on a task host gets
-        TaskInterrupted (see :mod:`~lattice.executor.ray_hosts`). Either is seen only when the
-        task next runs Python bytecode: a task blocked in a sleep, a socket read or C code
-        would not see it until that call returns. So if the task is still running
-        ``cancel_grace`` seconds later, its worker process is killed (the process runs this one
-        task only); a thread cannot be killed, so a light task is then reported cancelled and
-        its eventual result discarded.
+        A task not yet started is dequeued (never sent, if it waits for an upstream output in
+        the head). A running task is interrupted: Ray raises KeyboardInterrupt in a Ray task's
+        process; a task's thread on a task host gets TaskInterrupted (see
+        :mod:`~lattice.executor.ray_hosts`). Either is seen only when the task next runs Python
+        bytecode: a task blocked in a sleep, a socket read or C code would not see it until
+        that call returns. So if the task is still running ``cancel_grace`` seconds later, its
+        worker process or process host is killed (the process runs this one task only); a
+        thread of a shared host cannot be killed, so a light task is then reported cancelled
+        and its eventual result discarded.
 
         Returns False if the task had already finished; otherwise True, and the handle's
         callbacks then receive a ``TaskCancelledError`` outcome (or the task's own outcome, if
         it finished first).
         """
-        if not isinstance(handle, _RayHandle):
+        if not isinstance(handle, Handle):
             raise LatticeUsageError(f"not a handle of this executor: {handle!r}")
         if handle.done():
             return False
+        if isinstance(handle, FollowerHandle):
+            if handle.cancel_unsent():
+                return True
+            sent = handle.sent
+            assert sent is not None
+            return self.cancel(sent)
+        assert isinstance(handle, ChannelHandle | RayHandle)
         handle.cancel_requested = True
-        ray.cancel(handle.ref, force=False)
         after_grace: Callable[[], None]
-        if handle.host is not None:
-            # The interrupt's own result is read (and dropped) so that Ray does not report
-            # it as an unhandled error if the host died meanwhile.
-            handle.host.interrupt.remote(handle.task_key).future()
-            after_grace = handle.abandon
+        host = handle.host
+        if host is None:
+            assert isinstance(handle, RayHandle)
+            ray.cancel(handle.ref, force=False)
+            after_grace = functools.partial(self._force_cancel, handle)
         else:
-            after_grace = lambda: self._force_cancel(handle)  # noqa: E731
+            if isinstance(handle, ChannelHandle):
+                assert host.link is not None
+                host.link.interrupt(handle.task_key)
+            else:
+                ray.cancel(handle.ref, force=False)  # dequeued if it has not started
+                # The interrupt's own result is read (and dropped) so that Ray does not
+                # report it as an unhandled error if the host died meanwhile.
+                host.actor.interrupt.remote(handle.task_key).future()
+            if host.kind is HostKind.SHARED:
+                after_grace = handle.abandon
+            else:
+                after_grace = functools.partial(self._kill_host, handle, host)
         timer = threading.Timer(self._cancel_grace, after_grace)
         timer.daemon = True
-        handle.on_ray_done(timer.cancel)
+        handle.on_ended(timer.cancel)
         timer.start()
         return True
 
-    def _force_cancel(self, handle: _RayHandle) -> None:
+    def _kill_host(self, handle: Handle, host: Host) -> None:
+        """The task on process host ``host`` did not stop within the grace: kill the host
+        (its death is the task's cancellation, as for a Ray task's worker)."""
+        if handle.done() or self._hosts is None:
+            return
+        self._hosts.discard(host)
+
+    def _force_cancel(self, handle: RayHandle) -> None:
         if handle.done() or not self._initialized:
             return
         try:
             ray.cancel(handle.ref, force=True)
         except ray.exceptions.RayError:  # the task ended or Ray went away meanwhile
             logger.warning("could not kill the worker of task %s", handle.task_key, exc_info=True)
+
+
+def _outputs_to_wait_for(sub: TaskSubmission, kind: HostKind | None) -> dict[str, PendingOutput]:
+    """The pending upstream outputs that ``sub`` waits for in the head before it is sent: those
+    coming over a host's connection (Ray cannot wait for them), and all of them for a process
+    host (it runs one task at a time: the task must not hold it while it waits)."""
+    inputs = sub.upstream_inputs
+    if not isinstance(inputs, dict):
+        return {}
+    return {
+        name: value
+        for name, value in inputs.items()
+        if isinstance(value, PendingOutput)
+        and (kind is HostKind.PROCESS or isinstance(value.handle, ChannelHandle | FollowerHandle))
+    }

@@ -354,6 +354,9 @@ def test_node_ports_pin_every_ray_listener_inside_the_range() -> None:
 
     assert all(20000 <= int(v) <= 20199 for v in flags.values())
     assert (flags["min-worker-port"], flags["max-worker-port"]) == ("20010", "20199")
+    # The head's port for its task hosts: in the range, and no Ray listener's.
+    assert 20000 <= ports.host_connections < 20010
+    assert str(ports.host_connections) not in flags.values()
     assert "ray-client-server-port" not in dict(
         f.removeprefix("--").split("=") for f in ports.flags(head=False)
     )

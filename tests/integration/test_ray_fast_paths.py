@@ -222,7 +222,7 @@ def test_light_task_blocked_in_c_is_reported_cancelled_after_the_grace(
 
         # The task ends later; its result is discarded, the handle reported exactly once.
         late = threading.Event()
-        handle.on_ray_done(late.set)
+        handle.on_ended(late.set)
         listener.release_all()
         assert late.wait(TIMEOUT)
         assert delivered == [outcome] and handle.result(0) is outcome
