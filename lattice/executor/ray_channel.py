@@ -28,6 +28,7 @@ Frames are pickles (cloudpickle when plain pickle cannot carry a value), written
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import os
@@ -89,6 +90,16 @@ def _no_delay(sock: socket.socket) -> None:
     # Frames are small and each one is awaited: without this, a frame written while the
     # previous one is unacknowledged waits for the peer's delayed ACK (up to 40 ms).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _hang_up(conn: Connection) -> None:
+    """Close ``conn`` so that a thread blocked reading it wakes up, and the peer sees the end:
+    a plain close() waits for that read (which holds the socket open) to return."""
+    with contextlib.suppress(OSError):
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        with sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
@@ -177,7 +188,7 @@ class HostLink:
             conn, self._conn = self._conn, None
             waiting, self._waiting = self._waiting, {}
         if conn is not None:
-            conn.close()
+            _hang_up(conn)
         for receiver in waiting.values():
             receiver.report_lost(reason)
         self._on_closed()

@@ -1,12 +1,16 @@
 """RayExecutor: every submission runs on Ray, pinned to the node the ResourceManager chose.
 
-Ray is the transport and the process pool here, not the scheduler:
+Ray starts, places and watches the processes here, and holds large values; it is not the
+scheduler:
 
 * placement is Lattice's: a submission for a Ray node runs there (hard node affinity), one for
   the single-machine node id ``"local"`` runs wherever Ray likes;
-* light tasks (``cpu < 1``, no GPU, no sandbox: typically I/O-bound) run on threads of a
-  long-lived task host per node (:mod:`lattice.executor.ray_hosts`); every other task is one
-  Ray task in a worker process of its own;
+* tasks without GPU or sandbox run on task hosts, long-lived Ray actors of their node
+  (:mod:`lattice.executor.ray_hosts`): light tasks (``cpu < 1``, typically I/O-bound) on
+  threads of a shared host, one-CPU tasks alone in a process host; they reach their host over
+  its connection to the head (:mod:`lattice.executor.ray_channel`), or as Ray calls when they
+  need the object store. Other tasks (more than one CPU, a GPU, a sandbox) are Ray tasks in a
+  worker process of their own;
 * GPUs are counted by Lattice: Ray sees ``num_gpus=0`` and the runner exports
   ``CUDA_VISIBLE_DEVICES`` from the GPUs the ResourceManager granted;
 * retries are the scheduler's: Ray never re-runs a task (``max_retries=0``); a task whose
@@ -14,8 +18,9 @@ Ray is the transport and the process pool here, not the scheduler:
 * large output values stay in Ray's object store between tasks
   (:mod:`lattice.executor.ray_payload`).
 
-Completions arrive through ``ObjectRef.future()`` callbacks. Node membership is the one thing
-that is polled (see :meth:`RayExecutor.on_nodes_changed`).
+Completions arrive on the thread that reads a host's connection, or through
+``ObjectRef.future()`` callbacks (see :mod:`lattice.executor.ray_handles`). Nothing is polled
+(node membership is pushed, see :meth:`RayExecutor.on_nodes_changed`).
 """
 
 from __future__ import annotations

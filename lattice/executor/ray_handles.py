@@ -14,6 +14,7 @@ stops waiting for a task it cannot stop (:meth:`Handle.abandon`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 import threading
@@ -111,6 +112,8 @@ def lost(task: str, where: str, reason: str) -> TaskOutcome:
 
 # --- handles ----------------------------------------------------------------------------------
 
+CANCELLED_OUTCOME = TaskOutcome(error=CANCELLED)
+
 
 class Handle(TaskHandle):
     """A submission whose outcome is settled exactly once."""
@@ -174,15 +177,14 @@ class Handle(TaskHandle):
         return self._outcome.result()
 
     def _from_ray(
-        self, ref: ray.ObjectRef[Any], host: Host | None, on_lost: Callable[[], None]
+        self, ref: ray.ObjectRef[Any], on_host: bool, on_lost: Callable[[], None]
     ) -> None:
-        """End with what Ray reports for ``ref`` (the task's outcome object)."""
+        """End with what Ray reports for ``ref`` (the task's outcome object); ``on_host``:
+        the task ran on a task host (its death is then the host's)."""
 
         def done(future: Future[Any]) -> None:
             try:
-                outcome = _outcome_of(
-                    future, self.task, self.where, self.cancel_requested, host is not None
-                )
+                outcome = _outcome_of(future, self.task, self.where, self.cancel_requested, on_host)
             except Exception as exc:
                 # The task is over whatever its report says: an outcome that cannot be read
                 # is the task's error, never a task that stays running.
@@ -198,9 +200,6 @@ class Handle(TaskHandle):
         ref.future().add_done_callback(done)
 
 
-CANCELLED_OUTCOME = TaskOutcome(error=CANCELLED)
-
-
 class RayHandle(Handle):
     """A Ray task, or a Ray call to a task host (``host``)."""
 
@@ -214,13 +213,13 @@ class RayHandle(Handle):
     ) -> None:
         super().__init__(sub, where)
         self.ref = ref
-        #: the task host running it, for light tasks (see ray_hosts)
+        #: the task host it was sent to, if it is not a Ray task of its own (see ray_hosts)
         self.host = host
-        self._from_ray(ref, host, on_lost)
+        self._from_ray(ref, host is not None, on_lost)
 
 
 class ChannelHandle(Handle):
-    """A light task sent over its host's connection (see ray_channel)."""
+    """A task sent over its host's connection (see ray_channel)."""
 
     def __init__(
         self, sub: TaskSubmission, where: str, host: Host, on_lost: Callable[[], None]
@@ -238,7 +237,7 @@ class ChannelHandle(Handle):
         self._end(value)
 
     def report_kept(self) -> None:
-        self._from_ray(self.host.actor.take.remote(self.task_key), self.host, self._on_lost)
+        self._from_ray(self.host.actor.take.remote(self.task_key), True, self._on_lost)
 
     def report_lost(self, reason: str) -> None:
         if self.cancel_requested:
@@ -267,9 +266,9 @@ class FollowerHandle(Handle):
         self._sent: Handle | None = None
         upstream = {id(p.handle): p.handle for p in pending.values()}
         self._outcomes: dict[int, TaskOutcome] = {}
-        self._left = len(upstream)
+        self._upstream_count = len(upstream)
         for handle_id, handle in upstream.items():
-            handle.add_done_callback(lambda o, i=handle_id: self._upstream_done(i, o))  # type: ignore[misc]
+            handle.add_done_callback(functools.partial(self._upstream_done, handle_id))
 
     @property
     def sent(self) -> Handle | None:
@@ -279,7 +278,7 @@ class FollowerHandle(Handle):
     def _upstream_done(self, handle_id: int, outcome: TaskOutcome) -> None:
         with self._lock:
             self._outcomes[handle_id] = outcome
-            if len(self._outcomes) < self._left or self.cancel_requested:
+            if len(self._outcomes) < self._upstream_count or self.cancel_requested:
                 return
         try:
             resolved = {

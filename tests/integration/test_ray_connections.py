@@ -15,8 +15,10 @@ events.
 
 from __future__ import annotations
 
+import pickle
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,7 +31,7 @@ from tests.integration.test_ray_fast_paths import WAIT_OUTPUTS, Listener, wait_a
 
 pytest.importorskip("ray", reason='these tests need Ray: pip install "ray[default]"')
 from lattice.executor.large_values import LARGE_VALUE_BYTES
-from lattice.executor.ray_channel import ChannelServer, connect
+from lattice.executor.ray_channel import DONE, RUN, ChannelServer, connect, dumps
 from lattice.executor.ray_executor import RayExecutor
 from lattice.executor.ray_handles import ChannelHandle, FollowerHandle, RayHandle
 from lattice.executor.ray_hosts import HostKind
@@ -263,5 +265,47 @@ def test_a_peer_that_says_nothing_does_not_hold_up_the_others() -> None:
             link = server.new_link()
             with connect(server.address, server.key, link.link_id):
                 assert link.connected.wait(TIMEOUT)
+    finally:
+        server.close()
+
+
+class _Reply:
+    """A receiver that records what its link reports."""
+
+    def __init__(self) -> None:
+        self.reported = threading.Event()
+        self.lost: list[str] = []
+
+    def report(self, outcome: Any) -> None:
+        self.reported.set()
+
+    def report_kept(self) -> None:
+        self.reported.set()
+
+    def report_lost(self, reason: str) -> None:
+        self.lost.append(reason)
+
+
+def test_closing_a_link_hangs_up_while_its_reader_waits() -> None:
+    server = ChannelServer("127.0.0.1")
+    try:
+        link = server.new_link()
+        with connect(server.address, server.key, link.link_id) as host:
+            assert link.connected.wait(TIMEOUT)
+            # One round trip, so that the link's reader is back waiting for the next frame.
+            first, second = _Reply(), _Reply()
+            assert link.send_run("a", first, dumps((RUN, "a")))
+            assert link.send_run("b", second, dumps((RUN, "b")))
+            assert pickle.loads(host.recv_bytes())[1] == "a"
+            host.send_bytes(dumps((DONE, "a", dumps(TaskOutcome(value=1)))))
+            assert first.reported.wait(TIMEOUT)
+
+            link.close("the host is gone")
+
+            assert second.lost == ["the host is gone"] and not first.lost
+            assert host.poll(TIMEOUT)  # the host sees the end though the reader was waiting
+            with pytest.raises(EOFError):
+                while True:  # the frame for "b" was sent before the end
+                    host.recv_bytes()
     finally:
         server.close()
