@@ -138,8 +138,10 @@ class HostLink:
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._closed = False
-        #: set once the host has connected (for tools and tests; senders just try)
+        #: set once the host has connected, and once the link has ended (for tools and
+        #: tests; senders just try)
         self.connected = threading.Event()
+        self.closed = threading.Event()
         #: task key -> who waits for its outcome
         self._waiting: dict[str, Receiver] = {}
 
@@ -192,6 +194,7 @@ class HostLink:
         for receiver in waiting.values():
             receiver.report_lost(reason)
         self._on_closed()
+        self.closed.set()
 
     def _read(self, conn: Connection) -> None:
         reason = "its task host process ended (its connection to the head closed)"

@@ -238,6 +238,40 @@ def test_without_connections_every_host_task_is_a_ray_call() -> None:
         executor.shutdown()
 
 
+class _Unreachable(ChannelServer):
+    """A channel whose hosts are told a port where nobody listens."""
+
+    def __init__(self, bind_ip: str, port: int = 0) -> None:
+        super().__init__(bind_ip, port)
+        with socket.create_server((bind_ip, 0)) as closed:
+            self.address = (bind_ip, closed.getsockname()[1])
+
+
+@pytest.mark.ray
+def test_hosts_that_cannot_connect_still_run_every_task_as_ray_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import lattice.executor.ray_executor as ray_executor_module
+
+    monkeypatch.setattr(ray_executor_module, "ChannelServer", _Unreachable)
+    executor = RayExecutor()
+    executor.initialize()
+    try:
+        first = [run(executor, make_submission(pid, cpu=cpu)) for cpu in (0.1, 1)]
+        hosts = executor.task_hosts()
+        for host in hosts:
+            assert host.link is not None and host.link.closed.wait(TIMEOUT)
+            assert not host.link.connected.is_set()
+
+        handles = [executor.submit(make_submission(pid, cpu=cpu)) for cpu in (0.1, 1)]
+        assert all(isinstance(hd, RayHandle) for hd in handles)
+        later = [hd.result(TIMEOUT) for hd in handles]
+        assert [o.value["out"] for o in later] == [o.value["out"] for o in first]
+        assert executor.task_hosts() == hosts  # the same hosts, alive
+    finally:
+        executor.shutdown()
+
+
 def test_a_peer_that_cannot_prove_the_key_is_refused() -> None:
     server = ChannelServer("127.0.0.1")
     try:

@@ -44,6 +44,7 @@ from tests.integration.submissions import TIMEOUT, make_submission, run
 pytest.importorskip("ray", reason='these tests need Ray: pip install "ray[default]"')
 from lattice.executor.large_values import LARGE_VALUE_BYTES
 from lattice.executor.ray_executor import RayExecutor
+from lattice.executor.ray_handles import Handle
 from lattice.executor.ray_payload import StoredValue
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -222,6 +223,7 @@ def test_light_task_blocked_in_c_is_reported_cancelled_after_the_grace(
 
         # The task ends later; its result is discarded, the handle reported exactly once.
         late = threading.Event()
+        assert isinstance(handle, Handle)
         handle.on_ended(late.set)
         listener.release_all()
         assert late.wait(TIMEOUT)
