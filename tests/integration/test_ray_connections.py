@@ -27,7 +27,7 @@ import pytest
 
 from lattice.executor.base import PendingOutput, TaskOutcome
 from tests.integration.submissions import TIMEOUT, make_submission, run
-from tests.integration.test_ray_fast_paths import WAIT_OUTPUTS, Listener, wait_at
+from tests.integration.waiting_tasks import WAIT_OUTPUTS, Listener, extra_executor, wait_at
 
 pytest.importorskip("ray", reason='these tests need Ray: pip install "ray[default]"')
 from lattice.executor.large_values import LARGE_VALUE_BYTES
@@ -94,9 +94,7 @@ def test_a_process_host_whose_task_will_not_stop_is_killed_and_replaced(
     def blocked(params: dict[str, Any]) -> dict[str, Any]:
         return wait_at(params["port"])
 
-    executor = RayExecutor(cancel_grace=0.2)
-    executor.initialize()
-    try:
+    with extra_executor(cancel_grace=0.2) as executor:
         handle = executor.submit(
             make_submission(
                 blocked, cpu=1, outputs=WAIT_OUTPUTS, user_inputs={"port": listener.port}
@@ -109,8 +107,6 @@ def test_a_process_host_whose_task_will_not_stop_is_killed_and_replaced(
         assert outcome.error is not None and outcome.error.type == "TaskCancelledError"
         assert not outcome.lost
         assert run(executor, make_submission(pid, cpu=1)).value["out"] != int(stuck_pid)
-    finally:
-        executor.shutdown()
 
 
 @pytest.mark.ray
@@ -227,15 +223,11 @@ def test_a_follower_cancelled_before_its_upstream_ends_is_never_sent(
 
 @pytest.mark.ray
 def test_without_connections_every_host_task_is_a_ray_call() -> None:
-    executor = RayExecutor(host_connections=False)
-    executor.initialize()
-    try:
+    with extra_executor(host_connections=False) as executor:
         handles = [executor.submit(make_submission(pid, cpu=cpu)) for cpu in (0.1, 1)]
         assert all(isinstance(hd, RayHandle) for hd in handles)
         assert all(isinstance(hd.result(TIMEOUT).value["out"], int) for hd in handles)
         assert all(h.link is None for h in executor.task_hosts())
-    finally:
-        executor.shutdown()
 
 
 class _Unreachable(ChannelServer):
@@ -254,9 +246,7 @@ def test_hosts_that_cannot_connect_still_run_every_task_as_ray_calls(
     import lattice.executor.ray_executor as ray_executor_module
 
     monkeypatch.setattr(ray_executor_module, "ChannelServer", _Unreachable)
-    executor = RayExecutor()
-    executor.initialize()
-    try:
+    with extra_executor() as executor:
         first = [run(executor, make_submission(pid, cpu=cpu)) for cpu in (0.1, 1)]
         hosts = executor.task_hosts()
         for host in hosts:
@@ -268,8 +258,6 @@ def test_hosts_that_cannot_connect_still_run_every_task_as_ray_calls(
         later = [hd.result(TIMEOUT) for hd in handles]
         assert [o.value["out"] for o in later] == [o.value["out"] for o in first]
         assert executor.task_hosts() == hosts  # the same hosts, alive
-    finally:
-        executor.shutdown()
 
 
 def test_a_peer_that_cannot_prove_the_key_is_refused() -> None:

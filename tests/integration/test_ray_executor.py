@@ -27,6 +27,7 @@ from lattice.executor.base import TaskKind, TaskOutcome
 from lattice.executor.factory import ExecutorType, create_executor
 from lattice.executor.local_executor import LocalExecutor
 from tests.integration.submissions import TIMEOUT, make_submission, run
+from tests.integration.waiting_tasks import extra_executor
 
 pytest.importorskip("ray", reason='these tests need Ray: pip install "ray[default]"')
 from lattice.executor.ray_executor import RayExecutor
@@ -238,9 +239,7 @@ def test_cancel_interrupts_python_code_so_its_cleanup_runs(
                 conn.sendall(b"cleanup")
 
     # A grace longer than the test: only the gentle interrupt may end this task.
-    patient = RayExecutor(cancel_grace=10 * TIMEOUT)
-    patient.initialize()
-    try:
+    with extra_executor(cancel_grace=10 * TIMEOUT) as patient:
         handle = patient.submit(make_submission(spin, user_inputs={"port": port_of(listener)}))
         conn, _ = listener.accept()
         with conn:
@@ -249,8 +248,6 @@ def test_cancel_interrupts_python_code_so_its_cleanup_runs(
             assert patient.cancel(handle)
             outcome = handle.result(TIMEOUT)
             assert conn.recv(7) == b"cleanup"
-    finally:
-        patient.shutdown()
 
     assert outcome.error is not None and outcome.error.type == "TaskCancelledError"
 

@@ -11,7 +11,6 @@ to wait: tasks block on loopback sockets the test controls, and the test blocks 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -40,6 +39,7 @@ from lattice.serialization import (
 from tests.integration import engine_helpers as h
 from tests.integration.engine_helpers import Engine, WorkflowBuilder, run_workflow
 from tests.integration.submissions import TIMEOUT, make_submission, run
+from tests.integration.waiting_tasks import WAIT_OUTPUTS, Listener, extra_executor, wait_at
 
 pytest.importorskip("ray", reason='these tests need Ray: pip install "ray[default]"')
 from lattice.executor.large_values import LARGE_VALUE_BYTES
@@ -51,38 +51,6 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 #: float64 items of an array just over the large-value threshold
 BIG_ITEMS = LARGE_VALUE_BYTES // 8 + 1024
-#: what wait_at returns
-WAIT_OUTPUTS = ("pid", "thread", "start", "end")
-
-
-class Listener:
-    """A loopback socket tasks connect to: each sends a line (its pid, say) and then waits
-    for one byte from the test."""
-
-    def __init__(self) -> None:
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self._server.settimeout(TIMEOUT)
-        self.port: int = self._server.getsockname()[1]
-        self.waiting: list[tuple[socket.socket, str]] = []
-
-    def accept(self, count: int) -> list[str]:
-        """Block until ``count`` more tasks are waiting; return what each sent."""
-        for _ in range(count):
-            conn, _ = self._server.accept()
-            conn.settimeout(TIMEOUT)
-            self.waiting.append((conn, conn.makefile().readline().strip()))
-        return [said for _, said in self.waiting[-count:]]
-
-    def release_all(self) -> None:
-        for conn, _ in self.waiting:
-            # OSError: that task is gone (cancelled, killed), nobody is left to let through.
-            with conn, contextlib.suppress(OSError):
-                conn.sendall(b"1")
-        self.waiting.clear()
-
-    def close(self) -> None:
-        self.release_all()
-        self._server.close()
 
 
 @pytest.fixture
@@ -92,20 +60,6 @@ def listener() -> Iterator[Listener]:
         yield lst
     finally:
         lst.close()
-
-
-def wait_at(port: int) -> dict[str, Any]:
-    """Task body: report pid and thread to the test, wait for its go, time both ends."""
-    import os
-    import socket
-    import threading
-    import time
-
-    start = time.time()
-    with socket.create_connection(("127.0.0.1", port)) as conn:
-        conn.sendall(f"{os.getpid()}\n".encode())
-        conn.recv(1)
-    return {"pid": os.getpid(), "thread": threading.get_ident(), "start": start, "end": time.time()}
 
 
 # --- light tasks on task hosts --------------------------------------------------------------
@@ -167,7 +121,6 @@ def test_cancelled_light_task_is_interrupted_and_its_host_lives_on(
 ) -> None:
     def spin(params: dict[str, Any]) -> dict[str, Any]:
         import os
-        import socket
 
         with socket.create_connection(("127.0.0.1", params["port"])) as conn:
             try:
@@ -204,9 +157,7 @@ def test_light_task_blocked_in_c_is_reported_cancelled_after_the_grace(
         return wait_at(params["port"])
 
     # Another executor on the session's Ray connection: a short grace, its own task host.
-    executor = RayExecutor(cancel_grace=0.2)
-    executor.initialize()
-    try:
+    with extra_executor(cancel_grace=0.2) as executor:
         handle = executor.submit(
             make_submission(
                 blocked, cpu=0.1, outputs=WAIT_OUTPUTS, user_inputs={"port": listener.port}
@@ -228,8 +179,6 @@ def test_light_task_blocked_in_c_is_reported_cancelled_after_the_grace(
         listener.release_all()
         assert late.wait(TIMEOUT)
         assert delivered == [outcome] and handle.result(0) is outcome
-    finally:
-        executor.shutdown()
 
 
 @pytest.mark.ray
