@@ -259,8 +259,9 @@ class HostPool:
         # Reentrant: a lifeline that ended already runs its callback inside _start.
         self._lock = threading.RLock()
         self._shared: dict[str, Host] = {}
-        #: every process host alive, and which of them run nothing now
+        #: every process host alive
         self._processes: set[Host] = set()
+        #: node id -> its process hosts that run nothing now
         self._idle: dict[str, list[Host]] = {}
 
     def get(self, node_id: str, strategy: Any) -> Host:
