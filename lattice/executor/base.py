@@ -7,10 +7,12 @@ callback is the only way completions reach the scheduler: nothing waits in a loo
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -114,6 +116,43 @@ class PendingOutput:
 
     handle: TaskHandle
     key: str
+
+
+def pending_outputs(sub: TaskSubmission) -> dict[str, PendingOutput]:
+    """The upstream inputs of ``sub`` whose tasks are still running, by input name."""
+    inputs = sub.upstream_inputs
+    if not isinstance(inputs, dict):
+        return {}
+    return {k: v for k, v in inputs.items() if isinstance(v, PendingOutput)}
+
+
+def when_resolved(
+    sub: TaskSubmission,
+    pending: dict[str, PendingOutput],
+    ready: Callable[[TaskSubmission], None],
+    failed: Callable[[UpstreamFailed], None],
+) -> None:
+    """Once every task behind ``pending`` (inputs of ``sub``) has ended, call ``ready`` with
+    ``sub`` holding their outputs instead, or ``failed`` if one of them gave none; either from
+    the done-callback of the last of them."""
+    handles = {id(p.handle): p.handle for p in pending.values()}
+    outcomes: dict[int, TaskOutcome] = {}
+    lock = threading.Lock()
+
+    def upstream_done(handle_id: int, outcome: TaskOutcome) -> None:
+        with lock:
+            outcomes[handle_id] = outcome
+            if len(outcomes) < len(handles):
+                return
+        try:
+            resolved = {k: output_of(outcomes[id(p.handle)], (p.key,)) for k, p in pending.items()}
+        except UpstreamFailed as exc:
+            failed(exc)
+            return
+        ready(replace(sub, upstream_inputs={**sub.upstream_inputs, **resolved}))
+
+    for handle_id, handle in handles.items():
+        handle.add_done_callback(functools.partial(upstream_done, handle_id))
 
 
 class TaskHandle(ABC):

@@ -6,21 +6,19 @@ caps threads. I/O-bound tasks with a small ``cpu`` overlap far beyond the core c
 
 from __future__ import annotations
 
-import functools
 import threading
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from dataclasses import replace
 
 from lattice.exceptions import TaskErrorInfo
 from lattice.executor.base import (
     DoneCallback,
     ExecutorBackend,
-    PendingOutput,
     TaskHandle,
     TaskOutcome,
     TaskSubmission,
     UpstreamFailed,
-    output_of,
+    pending_outputs,
+    when_resolved,
 )
 from lattice.executor.large_values import keep_in_process, keep_large_values
 from lattice.executor.runner import error_info, execute
@@ -90,44 +88,27 @@ class LocalExecutor(ExecutorBackend):
             self.initialize()
         pool = self._pool
         assert pool is not None
-        inputs = submission.upstream_inputs
-        pending = (
-            {k: v for k, v in inputs.items() if isinstance(v, PendingOutput)}
-            if isinstance(inputs, dict)
-            else {}
-        )
+        pending = pending_outputs(submission)
         if not pending:
             return _LocalHandle(submission.task_key, pool.submit(self._run, submission))
         future: Future[TaskOutcome] = Future()
-        upstream = {id(p.handle): p.handle for p in pending.values()}
-        outcomes: dict[int, TaskOutcome] = {}
-        lock = threading.Lock()
 
-        def upstream_done(handle_id: int, outcome: TaskOutcome) -> None:
-            with lock:
-                outcomes[handle_id] = outcome
-                if len(outcomes) < len(upstream):
-                    return
+        def ready(resolved: TaskSubmission) -> None:
             if not future.set_running_or_notify_cancel():
                 return  # cancelled while it waited
             try:
-                resolved = {
-                    k: output_of(outcomes[id(p.handle)], (p.key,)) for k, p in pending.items()
-                }
-            except UpstreamFailed as exc:
-                future.set_result(TaskOutcome(error=error_info(exc, skip_frames=0)))
-                return
-            ready = replace(submission, upstream_inputs={**inputs, **resolved})
-            try:
-                pool.submit(self._run_into, ready, future)
+                pool.submit(self._run_into, resolved, future)
             except RuntimeError as exc:  # the executor was shut down while it waited
                 message = f"task {submission.task_name} was not started: {exc}"
                 future.set_result(
                     TaskOutcome(error=TaskErrorInfo.framework("ExecutorError", message))
                 )
 
-        for handle_id, handle in upstream.items():
-            handle.add_done_callback(functools.partial(upstream_done, handle_id))
+        def failed(exc: UpstreamFailed) -> None:
+            if future.set_running_or_notify_cancel():
+                future.set_result(TaskOutcome(error=error_info(exc, skip_frames=0)))
+
+        when_resolved(submission, pending, ready, failed)
         return _LocalHandle(submission.task_key, future)
 
     def _run_into(self, submission: TaskSubmission, future: Future[TaskOutcome]) -> None:

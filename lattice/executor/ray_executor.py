@@ -45,6 +45,7 @@ from lattice.executor.base import (
     TaskHandle,
     TaskOutcome,
     TaskSubmission,
+    pending_outputs,
 )
 from lattice.executor.ray_channel import RUN, ChannelServer, dumps
 from lattice.executor.ray_handles import ChannelHandle, FollowerHandle, Handle, RayHandle
@@ -392,30 +393,14 @@ class RayExecutor(ExecutorBackend):
                 host = hosts.get(node.node_id, strategy)
             else:
                 host = hosts.acquire(node.node_id, strategy)
-            handle = self._send_to_host(host, submission, where, packed, code)
+            on_lost = functools.partial(hosts.forget, host)
+            handle = _send_to_host(host, submission, where, packed, code, on_lost)
             if kind is HostKind.PROCESS:
                 handle.on_ended(lambda: hosts.release(host))
             return handle
         remote = self._task_options(submission, pinned)
         ref = remote.remote(packed.payload, packed.upstream, code, sandbox, *packed.refs)
         return RayHandle(submission, ref, where)
-
-    def _send_to_host(
-        self, host: Host, sub: TaskSubmission, where: str, packed: Packed, code: Any
-    ) -> Handle:
-        hosts = self._hosts
-        assert hosts is not None
-        on_lost = functools.partial(hosts.forget, host)
-        if host.link is not None and not packed.refs and code is None:
-            handle = ChannelHandle(sub, where, host, on_lost)
-            try:
-                frame = dumps((RUN, sub.task_key, packed.payload, packed.upstream))
-            except Exception:  # noqa: BLE001 - an input only Ray's serializer carries (or reports)
-                frame = None
-            if frame is not None and host.link.send_run(sub.task_key, handle, frame):
-                return handle
-        ref = host.actor.run.remote(packed.payload, packed.upstream, code, *packed.refs)
-        return RayHandle(sub, ref, where, host, on_lost)
 
     def task_hosts(self) -> list[Host]:
         """The task hosts alive now (see :mod:`~lattice.executor.ray_hosts`)."""
@@ -548,12 +533,30 @@ def _outputs_to_wait_for(sub: TaskSubmission, kind: HostKind | None) -> dict[str
     """The pending upstream outputs that ``sub`` waits for in the head before it is sent: those
     coming over a host's connection (Ray cannot wait for them), and all of them for a process
     host (it runs one task at a time: the task must not hold it while it waits)."""
-    inputs = sub.upstream_inputs
-    if not isinstance(inputs, dict):
-        return {}
     return {
         name: value
-        for name, value in inputs.items()
-        if isinstance(value, PendingOutput)
-        and (kind is HostKind.PROCESS or isinstance(value.handle, ChannelHandle | FollowerHandle))
+        for name, value in pending_outputs(sub).items()
+        if kind is HostKind.PROCESS or isinstance(value.handle, ChannelHandle | FollowerHandle)
     }
+
+
+def _send_to_host(
+    host: Host,
+    sub: TaskSubmission,
+    where: str,
+    packed: Packed,
+    code: Any,
+    on_lost: Callable[[], None],
+) -> Handle:
+    """Send ``sub`` to ``host``: over its connection if it is up and the task needs nothing from
+    the object store, else as a Ray call."""
+    if host.link is not None and not packed.refs and code is None:
+        handle = ChannelHandle(sub, where, host, on_lost)
+        try:
+            frame = dumps((RUN, sub.task_key, packed.payload, packed.upstream))
+        except Exception:  # noqa: BLE001 - an input only Ray's serializer carries (or reports)
+            frame = None
+        if frame is not None and host.link.send_run(sub.task_key, handle, frame):
+            return handle
+    ref = host.actor.run.remote(packed.payload, packed.upstream, code, *packed.refs)
+    return RayHandle(sub, ref, where, host, on_lost)

@@ -14,13 +14,11 @@ stops waiting for a task it cannot stop (:meth:`Handle.abandon`).
 
 from __future__ import annotations
 
-import functools
 import logging
 import pickle
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, wait
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -33,7 +31,7 @@ from lattice.executor.base import (
     TaskOutcome,
     TaskSubmission,
     UpstreamFailed,
-    output_of,
+    when_resolved,
 )
 from lattice.executor.local_executor import CANCELLED
 from lattice.executor.ray_payload import store_large_values
@@ -260,35 +258,19 @@ class FollowerHandle(Handle):
         send: Callable[[TaskSubmission], Handle],
     ) -> None:
         super().__init__(sub, where)
-        self._sub = sub
-        self._pending = pending
         self._send = send
         self._sent: Handle | None = None
-        upstream = {id(p.handle): p.handle for p in pending.values()}
-        self._outcomes: dict[int, TaskOutcome] = {}
-        self._upstream_count = len(upstream)
-        for handle_id, handle in upstream.items():
-            handle.add_done_callback(functools.partial(self._upstream_done, handle_id))
+        when_resolved(sub, pending, self._dispatch, self._upstream_failed)
 
     @property
     def sent(self) -> Handle | None:
         """The handle of the task as sent, once it has been."""
         return self._sent
 
-    def _upstream_done(self, handle_id: int, outcome: TaskOutcome) -> None:
-        with self._lock:
-            self._outcomes[handle_id] = outcome
-            if len(self._outcomes) < self._upstream_count or self.cancel_requested:
-                return
-        try:
-            resolved = {
-                k: output_of(self._outcomes[id(p.handle)], (p.key,))
-                for k, p in self._pending.items()
-            }
-        except UpstreamFailed as exc:
-            self._end(TaskOutcome(error=error_info(exc, skip_frames=0)))
-            return
-        ready = replace(self._sub, upstream_inputs={**self._sub.upstream_inputs, **resolved})
+    def _upstream_failed(self, exc: UpstreamFailed) -> None:
+        self._end(TaskOutcome(error=error_info(exc, skip_frames=0)))
+
+    def _dispatch(self, ready: TaskSubmission) -> None:
         error: TaskOutcome | None = None
         with self._lock:
             if self.cancel_requested:
