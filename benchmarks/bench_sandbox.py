@@ -17,11 +17,10 @@ from typing import Any
 import cloudpickle
 
 from lattice.core.resource.node import SelectedNode
-from lattice.core.resource.requirements import TaskResourceRequirements
 from lattice.executor.base import TaskKind, TaskOutcome, TaskSubmission
 from lattice.executor.runner import execute
-from lattice.executor.sandbox.policy import SandboxLevel, SandboxSpec
 from lattice.executor.sandbox.runner import SandboxRunner
+from lattice.vocabulary import SandboxLevel, SandboxSpec, TaskResourceRequirements
 
 
 def noop(params: dict[str, Any]) -> None:

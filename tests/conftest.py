@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from lattice.executor.ray_executor import RayExecutor
+    from lattice.executor.ray.executor import RayExecutor
 
 
 def require_module(module: str, what: str) -> None:
@@ -31,7 +31,7 @@ def ray_executor() -> Iterator[RayExecutor]:
     shut it down. Starting Ray takes several seconds, hence once per session.
     """
     require_module("ray", "the Ray executor")
-    from lattice.executor.ray_executor import RayExecutor
+    from lattice.executor.ray.executor import RayExecutor
 
     executor = RayExecutor(num_cpus=4)
     executor.initialize()

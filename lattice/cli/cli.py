@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 from lattice.config.settings import DEFAULT_PORT, DEFAULT_RAY_PORT, ServerSettings
 from lattice.exceptions import LatticeError
-from lattice.executor.ray_ports import NodePorts
-from lattice.executor.sandbox.policy import SandboxLevel, SandboxSpec
+from lattice.executor.ray.ports import NodePorts
+from lattice.vocabulary import SandboxLevel, SandboxSpec
 
 log = logging.getLogger("lattice")
 

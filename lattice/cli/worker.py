@@ -15,7 +15,7 @@ from types import FrameType
 
 from lattice.core.worker.worker import Worker, head_url
 from lattice.exceptions import LatticeUsageError
-from lattice.executor.ray_ports import NodePorts
+from lattice.executor.ray.ports import NodePorts
 
 log = logging.getLogger("lattice.worker")
 

@@ -6,8 +6,8 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from lattice.exceptions import LatticeUsageError
-from lattice.executor.ray_ports import NodePorts
-from lattice.executor.sandbox.policy import SandboxSpec
+from lattice.executor.ray.ports import NodePorts
+from lattice.vocabulary import SandboxSpec
 
 DEFAULT_PORT = 8000
 DEFAULT_RAY_PORT = 6379

@@ -8,7 +8,6 @@ callback is the only way completions reach the scheduler: nothing waits in a loo
 from __future__ import annotations
 
 import functools
-import hashlib
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
@@ -17,9 +16,8 @@ from enum import Enum
 from typing import Any
 
 from lattice.core.resource.node import SelectedNode
-from lattice.core.resource.requirements import TaskResourceRequirements
 from lattice.exceptions import TaskErrorInfo
-from lattice.executor.sandbox.policy import SandboxSpec
+from lattice.vocabulary import SandboxSpec, TaskResourceRequirements, code_digest
 
 
 class TaskKind(str, Enum):
@@ -29,11 +27,6 @@ class TaskKind(str, Enum):
     BATCH = "batch"
     #: ``func(*args, **kwargs) -> Any`` (a LangGraph node)
     LANGGRAPH = "langgraph"
-
-
-def code_digest(code: bytes) -> str:
-    """Stable id of a serialized function, for worker-side caching."""
-    return hashlib.blake2b(code, digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from enum import Enum
 from lattice.exceptions import LatticeInputError, LatticeUsageError
 from lattice.executor.base import ExecutorBackend
 from lattice.executor.local_executor import LocalExecutor
-from lattice.executor.ray_ports import NodePorts
+from lattice.executor.ray.ports import NodePorts
 from lattice.executor.sandbox.runner import SandboxRunner
 
 
@@ -50,7 +50,7 @@ def create_executor(
             )
         return LocalExecutor(sandbox=sandbox)
     # Imported here so that Lattice without Ray works, and `import lattice` stays light.
-    from lattice.executor.ray_executor import RayExecutor
+    from lattice.executor.ray.executor import RayExecutor
 
     if ray_node_ports is not None and ray_port is None:
         raise LatticeUsageError(

@@ -6,7 +6,7 @@ more than :data:`LARGE_VALUE_BYTES`. An executor replaces each large top-level o
 finished task with a :class:`~lattice.serialization.LargeValue`: dependants get the value
 itself, and a run's ``finish_task`` carries a small reference leaf instead of the bytes
 (clients fetch the value when they read it, see docs/api.md). The Ray executor keeps the value
-in Ray's object store (``ray_payload.StoredValue``); the local executor keeps the object it
+in Ray's object store (``ray.payload.StoredValue``); the local executor keeps the object it
 already holds (:class:`KeptValue`).
 """
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from lattice.core.observer import EngineObserver, NodeGauge
-from lattice.core.resource.requirements import MB
+from lattice.vocabulary import MB
 
 #: Task queue and run times: from 1 ms (a trivial function) up to half an hour (a long LLM job).
 TASK_SECONDS_BUCKETS: tuple[float, ...] = (

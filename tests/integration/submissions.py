@@ -13,8 +13,8 @@ from typing import Any
 import cloudpickle
 
 from lattice.core.resource.node import SelectedNode
-from lattice.core.resource.requirements import TaskResourceRequirements
 from lattice.executor.base import ExecutorBackend, TaskKind, TaskOutcome, TaskSubmission
+from lattice.vocabulary import TaskResourceRequirements
 
 LOCAL = SelectedNode("local", "127.0.0.1")
 TIMEOUT = 60.0

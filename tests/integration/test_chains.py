@@ -38,7 +38,7 @@ from tests.integration.engine_helpers import (
 )
 
 if TYPE_CHECKING:
-    from lattice.executor.ray_executor import RayExecutor
+    from lattice.executor.ray.executor import RayExecutor
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

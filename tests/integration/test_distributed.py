@@ -42,7 +42,7 @@ from lattice.config.settings import ServerSettings
 from lattice.core.resource.node import NodeResources
 from lattice.core.worker.worker import READY_LINE, Worker
 from lattice.exceptions import LatticeInputError, LatticeUsageError, TaskFailedError
-from lattice.executor.ray_ports import NodePorts
+from lattice.executor.ray.ports import NodePorts
 from tests.integration.server_fixture import REPO_ROOT, HeadProcess, free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]

@@ -18,7 +18,6 @@ import pytest
 from lattice.core.orchestrator.orchestrator import Orchestrator
 from lattice.core.resource.manager import ResourceManager
 from lattice.core.resource.node import NodeResources
-from lattice.core.resource.requirements import TaskResourceRequirements
 from lattice.core.runtime.task import CodeTaskRuntime
 from lattice.core.scheduler.message_bus import MessageBus
 from lattice.core.scheduler.messages import (
@@ -31,10 +30,10 @@ from lattice.core.scheduler.messages import (
     TaskStartedData,
 )
 from lattice.core.scheduler.scheduler import Scheduler
-from lattice.core.workflow.inputs import BatchConfig, TaskRef
-from lattice.executor.base import code_digest
+from lattice.core.workflow.inputs import TaskRef
 from lattice.executor.local_executor import LocalExecutor
 from lattice.serialization import decode_value, dumps_b64
+from lattice.vocabulary import BatchConfig, TaskResourceRequirements, code_digest
 from tests.integration import engine_helpers as h
 from tests.integration.engine_helpers import (
     NODE_CPUS,

@@ -19,7 +19,7 @@ from tests.integration.engine_helpers import Engine, WorkflowBuilder, run_workfl
 from tests.integration.test_engine_local import EngineScenarios
 
 if TYPE_CHECKING:
-    from lattice.executor.ray_executor import RayExecutor
+    from lattice.executor.ray.executor import RayExecutor
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -31,11 +31,11 @@ from tests.integration.waiting_tasks import WAIT_OUTPUTS, Listener, extra_execut
 
 pytest.importorskip("ray", reason='these tests need Ray: pip install "ray[default]"')
 from lattice.executor.large_values import LARGE_VALUE_BYTES
-from lattice.executor.ray_channel import DONE, RUN, ChannelServer, connect, dumps
-from lattice.executor.ray_executor import RayExecutor
-from lattice.executor.ray_handles import ChannelHandle, FollowerHandle, RayHandle
-from lattice.executor.ray_hosts import HostKind
-from lattice.executor.ray_payload import StoredValue
+from lattice.executor.ray.channel import DONE, RUN, ChannelServer, connect, dumps
+from lattice.executor.ray.executor import RayExecutor
+from lattice.executor.ray.handles import ChannelHandle, FollowerHandle, RayHandle
+from lattice.executor.ray.hosts import HostKind
+from lattice.executor.ray.payload import StoredValue
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -243,7 +243,7 @@ class _Unreachable(ChannelServer):
 def test_hosts_that_cannot_connect_still_run_every_task_as_ray_calls(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import lattice.executor.ray_executor as ray_executor_module
+    import lattice.executor.ray.executor as ray_executor_module
 
     monkeypatch.setattr(ray_executor_module, "ChannelServer", _Unreachable)
     with extra_executor() as executor:

@@ -30,7 +30,7 @@ from tests.integration.submissions import TIMEOUT, make_submission, run
 from tests.integration.waiting_tasks import extra_executor
 
 pytest.importorskip("ray", reason='these tests need Ray: pip install "ray[default]"')
-from lattice.executor.ray_executor import RayExecutor
+from lattice.executor.ray.executor import RayExecutor
 
 # --- results --------------------------------------------------------------------------------
 
@@ -358,8 +358,8 @@ def test_worker_crash_is_lost_not_failed(ray_executor: RayExecutor) -> None:
 def test_sandboxed_task_runs_in_an_isolated_child_of_the_worker(
     ray_executor: RayExecutor,
 ) -> None:
-    from lattice.executor.sandbox.policy import SandboxLevel, SandboxSpec
     from lattice.executor.sandbox.runner import SandboxRunner
+    from lattice.vocabulary import SandboxLevel, SandboxSpec
 
     def whereabouts(params: dict[str, Any]) -> dict[str, Any]:
         import os
@@ -456,9 +456,9 @@ _HEAD_SCRIPT = textwrap.dedent(
     import cloudpickle
 
     from lattice.core.resource.node import SelectedNode
-    from lattice.core.resource.requirements import TaskResourceRequirements
+    from lattice.vocabulary import TaskResourceRequirements
     from lattice.executor.base import TaskKind, TaskSubmission
-    from lattice.executor.ray_executor import RayExecutor
+    from lattice.executor.ray.executor import RayExecutor
 
     def where(params):
         import ray

@@ -26,7 +26,6 @@ import pytest
 
 from lattice.client.core.models import RunOutputs
 from lattice.core.orchestrator.orchestrator import Orchestrator
-from lattice.core.resource.requirements import TaskResourceRequirements
 from lattice.executor.base import TaskKind, TaskOutcome
 from lattice.serialization import (
     REF_KEY,
@@ -36,6 +35,7 @@ from lattice.serialization import (
     encode_value,
     is_ref_leaf,
 )
+from lattice.vocabulary import TaskResourceRequirements
 from tests.integration import engine_helpers as h
 from tests.integration.engine_helpers import Engine, WorkflowBuilder, run_workflow
 from tests.integration.submissions import TIMEOUT, make_submission, run
@@ -43,9 +43,9 @@ from tests.integration.waiting_tasks import WAIT_OUTPUTS, Listener, extra_execut
 
 pytest.importorskip("ray", reason='these tests need Ray: pip install "ray[default]"')
 from lattice.executor.large_values import LARGE_VALUE_BYTES
-from lattice.executor.ray_executor import RayExecutor
-from lattice.executor.ray_handles import Handle
-from lattice.executor.ray_payload import StoredValue
+from lattice.executor.ray.executor import RayExecutor
+from lattice.executor.ray.handles import Handle
+from lattice.executor.ray.payload import StoredValue
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -20,13 +20,12 @@ import httpx
 import pytest
 
 from lattice.core.resource.node import SelectedNode
-from lattice.core.resource.requirements import TaskResourceRequirements
 from lattice.executor.base import TaskKind, TaskOutcome, TaskSubmission
 from lattice.executor.sandbox import verdict
 from lattice.executor.sandbox.docker import DEFAULT_SOCKET, docker_available, docker_socket
-from lattice.executor.sandbox.policy import SandboxLevel, SandboxSpec
 from lattice.executor.sandbox.runner import SandboxRunner
 from lattice.executor.sandbox.wire import SealedValue
+from lattice.vocabulary import SandboxLevel, SandboxSpec, TaskResourceRequirements
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

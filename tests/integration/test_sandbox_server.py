@@ -33,8 +33,8 @@ from lattice.config.settings import ServerSettings
 from lattice.executor.sandbox import verdict
 from lattice.executor.sandbox.cgroup import process_limit_unavailable
 from lattice.executor.sandbox.docker import docker_available
-from lattice.executor.sandbox.policy import SandboxLevel
 from lattice.executor.sandbox.runner import SandboxRunner
+from lattice.vocabulary import SandboxLevel
 from tests.integration.server_fixture import HeadProcess, InProcessServer, free_port
 
 WAIT = 60.0

@@ -72,7 +72,7 @@ def wait_at(port: int) -> dict[str, Any]:
 def extra_executor(**options: Any) -> Iterator[Any]:
     """Another RayExecutor on the session's Ray connection (its own task hosts), with
     ``options``; shut down on exit."""
-    from lattice.executor.ray_executor import RayExecutor
+    from lattice.executor.ray.executor import RayExecutor
 
     executor = RayExecutor(**options)
     executor.initialize()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lattice.core.resource.requirements import TaskResourceRequirements
 from lattice.core.runtime.task import CodeTaskRuntime
+from lattice.vocabulary import TaskResourceRequirements
 
 #: what every task made by :func:`rt` asks for unless told otherwise
 ONE_CPU = TaskResourceRequirements(cpu=1)

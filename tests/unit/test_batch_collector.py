@@ -6,11 +6,9 @@ from dataclasses import replace
 
 import cloudpickle
 
-from lattice.core.resource.requirements import TaskResourceRequirements
 from lattice.core.runtime.task import CodeTaskRuntime
 from lattice.core.scheduler.batch_collector import BatchCollector
-from lattice.core.workflow.inputs import BatchConfig
-from lattice.executor.base import code_digest
+from lattice.vocabulary import BatchConfig, TaskResourceRequirements, code_digest
 from tests.unit.runtimes import rt
 
 

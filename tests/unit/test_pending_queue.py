@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lattice.core.resource.requirements import TaskResourceRequirements
 from lattice.core.scheduler.pending import PendingItem, PendingQueue
+from lattice.vocabulary import TaskResourceRequirements
 from tests.unit.runtimes import rt
 
 SMALL = TaskResourceRequirements(cpu=1)

@@ -9,8 +9,8 @@ import pytest
 
 from lattice.core.resource.manager import LOCAL_NODE_ID, ResourceManager
 from lattice.core.resource.node import GpuResource, Node, NodeResources, NodeStatus
-from lattice.core.resource.requirements import MB, TaskResourceRequirements
 from lattice.exceptions import InvalidResourceError, NodeNotFoundError
+from lattice.vocabulary import MB, TaskResourceRequirements
 
 GB = 1024 * MB
 

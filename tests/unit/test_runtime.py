@@ -9,16 +9,16 @@ import pytest
 
 from lattice.core.orchestrator.context import code_task_runtime
 from lattice.core.resource.node import SelectedNode
-from lattice.core.resource.requirements import TaskResourceRequirements
 from lattice.core.runtime.task import CodeTaskRuntime, LangGraphTaskRuntime, TaskStatus
 from lattice.core.runtime.workflow import WorkflowRuntimeManager
 from lattice.core.scheduler.pending import PendingItem
 from lattice.core.scheduler.submission import build_submission, split_outcome
 from lattice.core.workflow.base import CodeTask, CodeTaskConfig, Workflow
-from lattice.core.workflow.inputs import BatchConfig, TaskRef
+from lattice.core.workflow.inputs import TaskRef
 from lattice.exceptions import InvalidReferenceError
 from lattice.executor.base import TaskKind, TaskOutcome
 from lattice.serialization import dumps_b64
+from lattice.vocabulary import BatchConfig, TaskResourceRequirements
 
 NODE = SelectedNode("n1", "10.0.0.1")
 

@@ -27,17 +27,16 @@ import psutil
 import pytest
 
 from lattice.core.resource.node import SelectedNode
-from lattice.core.resource.requirements import TaskResourceRequirements
 from lattice.exceptions import LatticeInputError, LatticeUsageError
 from lattice.executor.base import TaskKind, TaskOutcome, TaskSubmission
 from lattice.executor.runner import execute
 from lattice.executor.sandbox import forkserver, verdict
 from lattice.executor.sandbox.cgroup import process_limit_unavailable
 from lattice.executor.sandbox.docker import docker_available
-from lattice.executor.sandbox.policy import SandboxLevel, SandboxSpec
 from lattice.executor.sandbox.runner import SandboxRunner
 from lattice.executor.sandbox.seccomp_policy import seccomp_unavailable
 from lattice.executor.sandbox.wire import ChildEnd, SealedValue, decode_outcome
+from lattice.vocabulary import SandboxLevel, SandboxSpec, TaskResourceRequirements
 
 # The child cannot import this module by name under every level (the seccomp level hides
 # files outside the import path): ship the test functions by value.

@@ -14,7 +14,7 @@ from lattice.core.workflow.base import (
     TaskType,
     Workflow,
 )
-from lattice.core.workflow.inputs import BatchConfig, InputSchema, TaskRef, parse_task_input
+from lattice.core.workflow.inputs import InputSchema, TaskRef, parse_task_input
 from lattice.exceptions import (
     CycleError,
     InvalidCodeError,
@@ -24,6 +24,7 @@ from lattice.exceptions import (
     TaskNotFoundError,
 )
 from lattice.serialization import dumps_b64
+from lattice.vocabulary import BatchConfig
 
 
 def double(params: dict[str, Any]) -> dict[str, Any]:

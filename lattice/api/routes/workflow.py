@@ -27,7 +27,7 @@ from lattice.api.models.schemas import (
 from lattice.core.orchestrator.orchestrator import Orchestrator
 from lattice.core.workflow.base import CodeTaskConfig, CodeTaskDraft, TaskType
 from lattice.exceptions import LatticeInputError, NotFoundError
-from lattice.executor.sandbox.policy import SandboxLevel, SandboxSpec
+from lattice.vocabulary import SandboxLevel, SandboxSpec
 
 router = APIRouter(tags=["workflow"])
 

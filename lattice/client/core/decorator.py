@@ -7,11 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lattice.core.resource.requirements import TaskResourceRequirements
-from lattice.core.workflow.base import parse_priority
-from lattice.core.workflow.inputs import BatchConfig
 from lattice.exceptions import LatticeInputError
-from lattice.executor.sandbox.policy import SandboxLevel
+from lattice.vocabulary import BatchConfig, SandboxLevel, TaskResourceRequirements, parse_priority
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lattice.core.resource.requirements import TaskResourceRequirements
 from lattice.exceptions import InvalidResourceError, LatticeUsageError
+from lattice.vocabulary import TaskResourceRequirements
 
 
 def node_resources(

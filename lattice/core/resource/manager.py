@@ -15,8 +15,8 @@ from typing import Any
 import psutil
 
 from lattice.core.resource.node import GpuResource, Node, NodeResources, NodeStatus, SelectedNode
-from lattice.core.resource.requirements import TaskResourceRequirements
 from lattice.exceptions import NodeNotFoundError
+from lattice.vocabulary import TaskResourceRequirements
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from lattice.core.resource.requirements import MB, TaskResourceRequirements
 from lattice.exceptions import InvalidResourceError
+from lattice.vocabulary import MB, TaskResourceRequirements
 
 _EPS = 1e-9
 

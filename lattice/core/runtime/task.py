@@ -8,10 +8,8 @@ from enum import Enum
 from typing import Any
 
 from lattice.core.resource.node import SelectedNode
-from lattice.core.resource.requirements import TaskResourceRequirements
-from lattice.core.workflow.base import DEFAULT_PRIORITY
-from lattice.core.workflow.inputs import BatchConfig, TaskRef
-from lattice.executor.sandbox.policy import SandboxSpec
+from lattice.core.workflow.inputs import TaskRef
+from lattice.vocabulary import DEFAULT_PRIORITY, BatchConfig, SandboxSpec, TaskResourceRequirements
 
 
 class TaskStatus(str, Enum):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lattice.core.runtime.task import CodeTaskRuntime
-from lattice.core.workflow.inputs import BatchConfig
+from lattice.vocabulary import BatchConfig
 
 
 @dataclass

@@ -12,8 +12,8 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from lattice.core.resource.requirements import TaskResourceRequirements
 from lattice.core.runtime.task import BaseTaskRuntime
+from lattice.vocabulary import TaskResourceRequirements
 
 Shape = tuple[int, TaskResourceRequirements]
 

@@ -20,7 +20,6 @@ from typing import Any
 from lattice.core.observer import EngineObserver, NodeGauge
 from lattice.core.resource.manager import ResourceManager
 from lattice.core.resource.node import NodeStatus, SelectedNode
-from lattice.core.resource.requirements import TaskResourceRequirements
 from lattice.core.runtime.task import BaseTaskRuntime, CodeTaskRuntime, TaskStatus
 from lattice.core.runtime.workflow import WorkflowRuntimeManager
 from lattice.core.scheduler.batch_collector import BatchCollector
@@ -55,6 +54,7 @@ from lattice.executor.base import (
     TaskOutcome,
     TaskSubmission,
 )
+from lattice.vocabulary import TaskResourceRequirements
 
 log = logging.getLogger(__name__)
 

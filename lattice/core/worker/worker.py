@@ -8,7 +8,7 @@ blocks until :meth:`Worker.request_stop` (a signal) or until the Ray node ends b
 and stops the node, which Ray drains first: running tasks get ``drain_timeout`` seconds to
 finish; a task still running then is lost, and the head dispatches it again elsewhere.
 
-Ray itself stays behind :mod:`lattice.executor.ray_node`; this module never imports it.
+Ray itself stays behind :mod:`lattice.executor.ray.node`; this module never imports it.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import psutil
 
 from lattice.client.core.transport import Transport
 from lattice.core.resource.manager import detect_gpus
-from lattice.core.resource.requirements import MB
 from lattice.exceptions import LatticeError, LatticeInputError, LatticeUsageError
-from lattice.executor.ray_node import START_TIMEOUT, WorkerNodeSpec
-from lattice.executor.ray_ports import NodePorts
+from lattice.executor.ray.node import START_TIMEOUT, WorkerNodeSpec
+from lattice.executor.ray.ports import NodePorts
+from lattice.vocabulary import MB
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ DEFAULT_DRAIN_TIMEOUT = 30.0
 
 
 class WorkerNode(Protocol):
-    """The Ray node a worker owns (:class:`lattice.executor.ray_node.RayWorkerNode`)."""
+    """The Ray node a worker owns (:class:`lattice.executor.ray.node.RayWorkerNode`)."""
 
     def wait_ready(self, timeout: float = ...) -> None: ...
 
@@ -53,7 +53,7 @@ NodeFactory = Callable[[WorkerNodeSpec, Callable[[int], None]], WorkerNode]
 
 
 def _ray_worker_node(spec: WorkerNodeSpec, on_exit: Callable[[int], None]) -> WorkerNode:
-    from lattice.executor.ray_node import RayWorkerNode, align_auth_mode
+    from lattice.executor.ray.node import RayWorkerNode, align_auth_mode
 
     # `ray start --address` does not turn token auth on by itself; the head did if a token
     # exists. The decision goes to the child (and to find_node's driver) via RAY_AUTH_MODE.

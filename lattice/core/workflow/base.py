@@ -15,9 +15,7 @@ from typing import Any
 
 import networkx as nx
 
-from lattice.core.resource.requirements import TaskResourceRequirements
 from lattice.core.workflow.inputs import (
-    BatchConfig,
     InputParam,
     InputSchema,
     parse_task_input,
@@ -29,23 +27,15 @@ from lattice.exceptions import (
     LatticeInputError,
     TaskNotFoundError,
 )
-from lattice.executor.base import code_digest
-from lattice.executor.sandbox.policy import SandboxSpec
 from lattice.serialization import decode_code
-
-#: spec/004: 0 critical, 1 high, 2 normal, 3 low, 4 idle
-PRIORITY_LEVELS = range(5)
-DEFAULT_PRIORITY = 2
-
-
-def parse_priority(value: Any) -> int:
-    if value is None:
-        return DEFAULT_PRIORITY
-    if isinstance(value, bool) or not isinstance(value, int) or value not in PRIORITY_LEVELS:
-        raise LatticeInputError(
-            f"priority must be an integer from 0 (critical) to 4 (idle), got {value!r}"
-        )
-    return value
+from lattice.vocabulary import (
+    DEFAULT_PRIORITY,
+    BatchConfig,
+    SandboxSpec,
+    TaskResourceRequirements,
+    code_digest,
+    parse_priority,
+)
 
 
 class TaskType(str, Enum):

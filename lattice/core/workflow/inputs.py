@@ -101,32 +101,3 @@ def parse_task_output(task_output: Any) -> tuple[str, ...]:
             )
         keys.append(key)
     return tuple(keys)
-
-
-@dataclass(frozen=True)
-class BatchConfig:
-    batch_size: int
-    batch_timeout: float
-
-    @classmethod
-    def parse(cls, raw: Any) -> BatchConfig | None:
-        """``{"enabled": true, "batch_size": 10, "batch_timeout": 1.0}``; None when disabled."""
-        if raw is None or raw == {}:
-            return None
-        if not isinstance(raw, dict):
-            raise LatticeInputError("batch_config must be an object")
-        if not raw.get("enabled", True):
-            return None
-        size, timeout = raw.get("batch_size", 10), raw.get("batch_timeout", 1.0)
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise LatticeInputError(
-                f"batch_config.batch_size must be an integer >= 1, got {size!r}"
-            )
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
-            raise LatticeInputError(
-                f"batch_config.batch_timeout must be a number >= 0, got {timeout!r}"
-            )
-        return cls(size, float(timeout))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"enabled": True, "batch_size": self.batch_size, "batch_timeout": self.batch_timeout}

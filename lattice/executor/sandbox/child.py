@@ -38,7 +38,6 @@ from lattice.executor.runner import error_info, execute
 from lattice.executor.sandbox import _linux
 from lattice.executor.sandbox.cgroup import TaskCgroup
 from lattice.executor.sandbox.confine import confine
-from lattice.executor.sandbox.policy import SandboxSpec
 from lattice.executor.sandbox.wire import (
     OUTCOME,
     REPORT,
@@ -51,6 +50,7 @@ from lattice.executor.sandbox.wire import (
     unseal_submission,
     write_all,
 )
+from lattice.vocabulary import SandboxSpec
 
 _RESULT_FD = 3
 _TAIL_BYTES = 8192

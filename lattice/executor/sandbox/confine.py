@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lattice.executor.sandbox import _linux, landlock
-from lattice.executor.sandbox.policy import SandboxLevel, SandboxSpec
 from lattice.executor.sandbox.seccomp_policy import build_filter
+from lattice.vocabulary import SandboxLevel, SandboxSpec
 
 MB = 1024 * 1024
 

@@ -31,8 +31,8 @@ from lattice.exceptions import TaskErrorInfo
 from lattice.executor.base import TaskOutcome, TaskSubmission
 from lattice.executor.sandbox import container, verdict
 from lattice.executor.sandbox.live import LiveChild
-from lattice.executor.sandbox.policy import SandboxSpec, default_docker_image
 from lattice.executor.sandbox.wire import ChildEnd, decode_outcome
+from lattice.vocabulary import SandboxSpec, default_docker_image
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,6 @@ from lattice.executor.runner import execute
 from lattice.executor.sandbox import verdict
 from lattice.executor.sandbox.forkserver import ForkServer, fork_server_environment
 from lattice.executor.sandbox.live import LiveChild
-from lattice.executor.sandbox.policy import SandboxLevel, SandboxSpec
 from lattice.executor.sandbox.seccomp_policy import seccomp_unavailable
 from lattice.executor.sandbox.wire import (
     REPORT,
@@ -39,6 +38,7 @@ from lattice.executor.sandbox.wire import (
     decode_report,
     frame,
 )
+from lattice.vocabulary import SandboxLevel, SandboxSpec
 
 
 def _import_path() -> list[str]:

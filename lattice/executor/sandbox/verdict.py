@@ -14,8 +14,8 @@ import signal
 
 from lattice.exceptions import TaskErrorInfo
 from lattice.executor.base import TaskOutcome
-from lattice.executor.sandbox.policy import SandboxLevel, SandboxSpec
 from lattice.executor.sandbox.wire import ChildEnd
+from lattice.vocabulary import SandboxLevel, SandboxSpec
 
 CANCELLED = "TaskCancelledError"
 CPU_TIME_LIMIT = "CpuTimeLimitExceeded"

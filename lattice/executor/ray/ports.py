@@ -14,7 +14,7 @@ class NodePorts:
     ``low``: node manager; ``low+1``: object manager; ``low+2``: runtime-env agent;
     ``low+3``/``low+4``: dashboard agent gRPC/HTTP; ``low+5``: metrics export; ``low+6``: Ray
     client server (heads only); ``low+7``: the head's connections from task hosts (see
-    ray_channel; heads only); ``low+10`` to ``high``: one port per Ray worker process (and
+    ray.channel; heads only); ``low+10`` to ``high``: one port per Ray worker process (and
     per driver, e.g. the head's Lattice server).
     """
 
@@ -63,7 +63,7 @@ class NodePorts:
 
     @property
     def host_connections(self) -> int:
-        """The port a head listens on for its task hosts' connections (see ray_channel)."""
+        """The port a head listens on for its task hosts' connections (see ray.channel)."""
         return self.low + 7
 
     def __str__(self) -> str:

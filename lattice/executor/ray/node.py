@@ -34,7 +34,7 @@ from typing import Any
 import psutil
 
 from lattice.exceptions import LatticeUsageError, LatticeWorldError
-from lattice.executor.ray_ports import NodePorts
+from lattice.executor.ray.ports import NodePorts
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 * :class:`RayHandle`: a Ray task, or a Ray call to a task host; Ray reports the outcome
   through an ``ObjectRef.future()`` callback.
-* :class:`ChannelHandle`: a light task sent over its host's connection (see ray_channel);
+* :class:`ChannelHandle`: a light task sent over its host's connection (see ray.channel);
   the host's reply carries the outcome, or says to fetch it with one Ray call.
 * :class:`FollowerHandle`: a task handed over before the task whose output it needs, when that
   one went over a connection (Ray cannot wait for it): it is sent the moment that output
@@ -34,11 +34,11 @@ from lattice.executor.base import (
     when_resolved,
 )
 from lattice.executor.local_executor import CANCELLED
-from lattice.executor.ray_payload import store_large_values
+from lattice.executor.ray.payload import store_large_values
 from lattice.executor.runner import error_info
 
 if TYPE_CHECKING:
-    from lattice.executor.ray_hosts import Host
+    from lattice.executor.ray.hosts import Host
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class Handle(TaskHandle):
                 outcome = TaskOutcome(error=TaskErrorInfo.framework("ExecutorError", message))
             if outcome.lost:
                 on_lost()
-            # Large output values stay where they are: see ray_payload.
+            # Large output values stay where they are: see ray.payload.
             self._end(store_large_values(outcome, ref, self.kind))
 
         # One future per ref: each ref.future() call registers its own fetch with Ray.
@@ -211,13 +211,13 @@ class RayHandle(Handle):
     ) -> None:
         super().__init__(sub, where)
         self.ref = ref
-        #: the task host it was sent to, if it is not a Ray task of its own (see ray_hosts)
+        #: the task host it was sent to, if it is not a Ray task of its own (see ray.hosts)
         self.host = host
         self._from_ray(ref, host is not None, on_lost)
 
 
 class ChannelHandle(Handle):
-    """A task sent over its host's connection (see ray_channel)."""
+    """A task sent over its host's connection (see ray.channel)."""
 
     def __init__(
         self, sub: TaskSubmission, where: str, host: Host, on_lost: Callable[[], None]

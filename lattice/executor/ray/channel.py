@@ -5,10 +5,10 @@ A Ray actor call costs the head about half a millisecond of CPU per task on a sm
 thread). A light task sends a fraction of that over this connection instead: the head writes
 one frame (the packed submission) and the host writes one back (the outcome).
 
-What still goes through Ray (see :mod:`lattice.executor.ray_hosts`):
+What still goes through Ray (see :mod:`lattice.executor.ray.hosts`):
 
 * the host itself: created, placed and killed as a Ray actor; one long actor call
-  (:meth:`~lattice.executor.ray_hosts.TaskHost.serve`) runs the host's end of the connection,
+  (:meth:`~lattice.executor.ray.hosts.TaskHost.serve`) runs the host's end of the connection,
   and its ref is the host's lifeline: if the host process or its node dies, Ray fails that
   call and every task sent over the connection comes back lost;
 * submissions with object-store inputs (large values, outcomes of tasks still running on Ray)
@@ -18,7 +18,7 @@ What still goes through Ray (see :mod:`lattice.executor.ray_hosts`):
   values stay in the object store, exactly as for an outcome returned by a Ray call.
 
 Security: the head listens on its Ray node's address only (on ``--ray-node-ports`` LOW+7 when
-a range is given, see ray_ports), and a host proves it knows a key
+a range is given, see ray.ports), and a host proves it knows a key
 of 32 random bytes (an HMAC of a fresh challenge) that the head passed it through Ray before
 anything it sends is read; nothing is unpickled from a peer that has not.
 

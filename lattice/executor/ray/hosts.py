@@ -25,7 +25,7 @@ A host is created on first use, pinned to its node by node affinity, and lives a
 executor (a process host killed to cancel its task is replaced on next use). Ray sees it as
 ``num_cpus=0``: Lattice's ResourceManager has already counted the CPU and memory of every task
 it places there, and limits how many run at once. Tasks reach a host over its connection to
-the head (:mod:`lattice.executor.ray_channel`) or, when they need Ray's object store, as Ray
+the head (:mod:`lattice.executor.ray.channel`) or, when they need Ray's object store, as Ray
 calls.
 
 Same semantics as a plain task:
@@ -59,7 +59,7 @@ import ray
 from lattice.executor.base import TaskKind, TaskOutcome, TaskSubmission
 from lattice.executor.large_values import has_large_values
 from lattice.executor.local_executor import CANCELLED
-from lattice.executor.ray_channel import (
+from lattice.executor.ray.channel import (
     DONE,
     INTERRUPT,
     KEPT,
@@ -69,7 +69,7 @@ from lattice.executor.ray_channel import (
     connect,
     dumps,
 )
-from lattice.executor.ray_payload import unpack
+from lattice.executor.ray.payload import unpack
 from lattice.executor.runner import error_info, execute
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def _raise_in_thread(thread_id: int, exc_type: type[BaseException] | None) -> No
 
 class TaskHost:
     """The actor: runs submissions on its threads, sent as Ray calls (:meth:`run`) or over its
-    connection to the head (:meth:`serve`; see :mod:`lattice.executor.ray_channel`)."""
+    connection to the head (:meth:`serve`; see :mod:`lattice.executor.ray.channel`)."""
 
     def __init__(self) -> None:
         sys.setswitchinterval(HOST_SWITCH_INTERVAL)
@@ -129,7 +129,7 @@ class TaskHost:
         return os.getpid()
 
     def run(self, *args: Any) -> TaskOutcome:
-        """Run ``(payload, upstream, code, *ref_values)`` (see ray_payload.pack) here.
+        """Run ``(payload, upstream, code, *ref_values)`` (see ray.payload.pack) here.
 
         One variadic parameter on purpose: Ray binds the arguments of every call to the
         method's signature before it submits it, and that costs least for ``*args``.
@@ -250,7 +250,7 @@ class HostPool:
     needed, each created on first use.
 
     With a ``channel``, each new host is asked to connect back to it (see
-    :mod:`lattice.executor.ray_channel`); until it has, its tasks go as Ray calls.
+    :mod:`lattice.executor.ray.channel`); until it has, its tasks go as Ray calls.
     """
 
     def __init__(self, channel: ChannelServer | None = None) -> None:
