@@ -21,9 +21,10 @@ from lattice.api.guard import BodyLimit, TokenGuard
 from lattice.api.routes import langgraph, runs, worker, workflow
 from lattice.config.settings import ServerSettings
 from lattice.core.observer import EngineObserver
-from lattice.core.orchestrator.events import InMemoryEventStore
 from lattice.core.orchestrator.orchestrator import Orchestrator
 from lattice.core.resource.node import NodeResources
+from lattice.core.run.log import EventStore, InMemoryEventStore
+from lattice.executor.base import ExecutorBackend
 from lattice.executor.factory import create_executor
 from lattice.executor.sandbox.runner import SandboxRunner
 from lattice.observability import Metrics, MetricsConfig, MetricsMiddleware
@@ -31,18 +32,25 @@ from lattice.observability import Metrics, MetricsConfig, MetricsMiddleware
 log = logging.getLogger(__name__)
 
 
-def build_orchestrator(settings: ServerSettings, observer: EngineObserver) -> Orchestrator:
-    """Wire executor, sandbox and store for ``settings`` (not started)."""
-    # Always a runner: with a default of "none" a task may still ask for isolation itself.
-    sandbox = SandboxRunner(settings.sandbox)
-    executor = create_executor(
-        settings.executor,
-        ray_address=settings.ray_address,
-        ray_port=settings.ray_port,
-        ray_node_ports=settings.ray_node_ports,
-        num_cpus=settings.num_cpus,
-        sandbox=sandbox,
-    )
+def build_orchestrator(
+    settings: ServerSettings,
+    observer: EngineObserver,
+    *,
+    store: EventStore | None = None,
+    executor: ExecutorBackend | None = None,
+) -> Orchestrator:
+    """Wire executor, sandbox and store for ``settings`` (not started); ``store`` and
+    ``executor``, when given, are used instead of the ones the settings name."""
+    if executor is None:
+        # Always a runner: with a default of "none" a task may still ask for isolation itself.
+        executor = create_executor(
+            settings.executor,
+            ray_address=settings.ray_address,
+            ray_port=settings.ray_port,
+            ray_node_ports=settings.ray_node_ports,
+            num_cpus=settings.num_cpus,
+            sandbox=SandboxRunner(settings.sandbox),
+        )
     local = None
     if settings.executor == "local" and settings.num_cpus is not None:
         local = NodeResources(
@@ -51,7 +59,7 @@ def build_orchestrator(settings: ServerSettings, observer: EngineObserver) -> Or
     return Orchestrator(
         executor,
         observer=observer,
-        store=InMemoryEventStore(settings.max_finished_runs),
+        store=store or InMemoryEventStore(settings.max_finished_runs),
         local_resources=local,
         max_attempts=settings.max_attempts,
         ray_head_port=settings.ray_port,
@@ -65,10 +73,15 @@ def create_app(
     metrics_enabled: bool | None = None,
     metrics_exporter: str | None = None,
     metrics_endpoint: str | None = None,
+    store: EventStore | None = None,
+    executor: ExecutorBackend | None = None,
 ) -> FastAPI:
     """Build the Lattice API app.
 
     ``settings`` carries everything; the keyword arguments of spec/002 §2.2 override it.
+    ``store`` and ``executor`` hand in parts of the caller's own (tests, embedders): the app
+    then uses that event store, and that executor, which it initializes but does not shut
+    down (its owner does).
     Raises LatticeUsageError for unsafe or impossible settings (e.g. a public address without
     a token) and ValueError for a bad metrics exporter, before anything starts.
     """
@@ -93,7 +106,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         metrics = Metrics(metrics_config)
-        orchestrator = build_orchestrator(settings, metrics.observer())
+        orchestrator = build_orchestrator(
+            settings, metrics.observer(), store=store, executor=executor
+        )
         try:
             # Starting Ray takes seconds; keep the loop free meanwhile.
             await asyncio.to_thread(orchestrator.initialize)
@@ -101,7 +116,7 @@ def create_app(
             yield {"orchestrator": orchestrator, "settings": settings, "metrics": metrics}
         finally:
             # Aborting open runs closes their logs, which ends every open WebSocket stream.
-            orchestrator.cleanup()
+            orchestrator.cleanup(shutdown_executor=executor is None)
             metrics.shutdown()
 
     app = FastAPI(

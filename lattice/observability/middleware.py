@@ -7,11 +7,17 @@ connections and buffers streamed responses through an extra task.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from lattice.observability.metrics import Metrics
+
+# The ASGI interface in plain types (the server's web framework stays in api/).
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Route label for requests no route matched (404s, scanners): raw paths would make one
 #: series per URL anyone tries.

@@ -18,6 +18,7 @@ import pytest
 from lattice.core.orchestrator.orchestrator import Orchestrator
 from lattice.core.resource.manager import ResourceManager
 from lattice.core.resource.node import NodeResources
+from lattice.core.run.events import TaskFailed, TaskFinished, TaskStarted
 from lattice.core.runtime.task import CodeTaskRuntime
 from lattice.core.scheduler.message_bus import MessageBus
 from lattice.core.scheduler.messages import (
@@ -25,9 +26,6 @@ from lattice.core.scheduler.messages import (
     MessageType,
     RunControlData,
     RunTaskData,
-    TaskFailedData,
-    TaskFinishedData,
-    TaskStartedData,
 )
 from lattice.core.scheduler.scheduler import Scheduler
 from lattice.core.workflow.inputs import TaskRef
@@ -466,7 +464,7 @@ class EngineScenarios:
 
             log = orch.get_run_log(run_id)
             assert log.closed and log.status == CANCELLED
-            finish = log.events()[-1].data
+            finish = log.events()[-1].to_message()["data"]
             assert finish["reason"] == "server shutting down"
             assert log.summary()["tasks"][stuck]["status"] == "cancelled"
 
@@ -598,7 +596,7 @@ def settled(bus: MessageBus) -> Message:
     while True:
         message = bus.receive_from_scheduler(timeout=h.WAIT)
         assert message is not None, "no message from the scheduler"
-        if not isinstance(message.data, TaskStartedData):
+        if not isinstance(message.data, TaskStarted):
             return message
 
 
@@ -625,14 +623,14 @@ def test_results_are_looked_up_within_a_run_until_the_run_is_cleared(
     first = runtime("a", h.const, user={"value": 41})
     bus.send_to_scheduler(Message(MessageType.RUN_TASK, RunTaskData(first)))
     done = settled(bus)
-    assert isinstance(done.data, TaskFinishedData) and done.data.result == {"out": 41}
+    assert isinstance(done.data, TaskFinished) and done.data.result == {"out": 41}
 
     ref = (("x", TaskRef("a", "out")),)
     bus.send_to_scheduler(
         Message(MessageType.RUN_TASK, RunTaskData(runtime("b", h.add_one, upstream=ref)))
     )
     done = settled(bus)
-    assert isinstance(done.data, TaskFinishedData) and done.data.result == {"out": 42}
+    assert isinstance(done.data, TaskFinished) and done.data.result == {"out": 42}
 
     # Another run does not see run r1's results.
     bus.send_to_scheduler(
@@ -641,14 +639,14 @@ def test_results_are_looked_up_within_a_run_until_the_run_is_cleared(
         )
     )
     failed = settled(bus)
-    assert isinstance(failed.data, TaskFailedData) and failed.data.run_id == "r2"
+    assert isinstance(failed.data, TaskFailed) and failed.data.run_id == "r2"
 
     bus.send_to_scheduler(Message(MessageType.CLEAR_WORKFLOW, RunControlData("r1")))
     bus.send_to_scheduler(
         Message(MessageType.RUN_TASK, RunTaskData(runtime("c", h.add_one, upstream=ref)))
     )
     failed = settled(bus)
-    assert isinstance(failed.data, TaskFailedData)
+    assert isinstance(failed.data, TaskFailed)
     assert failed.data.error.type == "InvalidReferenceError"
     assert failed.data.error.message == "reference a.out: task a has no result in this run"
 

@@ -7,7 +7,7 @@ import pytest
 
 from lattice.core.observer import EngineObserver
 from lattice.core.orchestrator.context import RunContext
-from lattice.core.orchestrator.events import InMemoryEventStore
+from lattice.core.run.log import InMemoryEventStore
 from lattice.core.runtime.task import BaseTaskRuntime
 from lattice.core.scheduler.message_bus import MessageBus
 from lattice.core.scheduler.messages import MessageType, RunTasksData
@@ -138,7 +138,9 @@ def test_a_run_hands_all_its_tasks_to_the_scheduler_in_one_message() -> None:
     ):
         workflow.add_edge(source, target)
     bus = MessageBus()
-    run_log = InMemoryEventStore().create("run", "wf", ["root", "left", "right", "join"])
+    run_log = InMemoryEventStore().create(
+        "run", "wf", [(t, t) for t in ("root", "left", "right", "join")]
+    )
     ctx = RunContext("run", workflow, bus, run_log, EngineObserver(), lambda _ctx: None)
 
     ctx.submit_start_tasks()

@@ -11,7 +11,8 @@ from fastapi import APIRouter, Request, Response
 
 from lattice.api.deps import Orch
 from lattice.api.models.schemas import HealthResponse, RunStatusResponse, StatusResponse
-from lattice.core.orchestrator import events as ev
+from lattice.core.run.log import RunLog
+from lattice.core.run.state import TaskStatus
 from lattice.exceptions import LatticeInputError, LatticeUsageError, NotFoundError
 from lattice.serialization import LargeValueLeaf, SealedValue, encode_value
 
@@ -59,17 +60,19 @@ async def get_result_value(
     return Response(body, media_type=media_type)
 
 
-def _finished_output(run_log: ev.RunLog, task_id: str, key: str) -> Any:
-    for event in reversed(run_log.events()):
-        if event.type == ev.FINISH_TASK and event.data.get("task_id") == task_id:
-            result = event.data.get("result")
-            if not isinstance(result, dict) or key not in result:
-                keys = sorted(result) if isinstance(result, dict) else []
-                raise NotFoundError(f"task {task_id} has no output {key!r} (its outputs: {keys})")
-            return result[key]
-    if task_id not in run_log.task_ids:
+def _finished_output(run_log: RunLog, task_id: str, key: str) -> Any:
+    task = run_log.state.tasks.get(task_id)
+    if task is None:
         raise NotFoundError(f"run {run_log.run_id} has no task {task_id}")
-    raise LatticeUsageError(f"task {task_id} of run {run_log.run_id} has not finished successfully")
+    if task.status is not TaskStatus.COMPLETED:
+        raise LatticeUsageError(
+            f"task {task_id} of run {run_log.run_id} has not finished successfully"
+        )
+    result = task.result
+    if not isinstance(result, dict) or key not in result:
+        keys = sorted(result) if isinstance(result, dict) else []
+        raise NotFoundError(f"task {task_id} has no output {key!r} (its outputs: {keys})")
+    return result[key]
 
 
 def _render(value: Any, format: str) -> tuple[bytes, str]:

@@ -66,8 +66,12 @@ def _config(body: TaskConfigBody) -> CodeTaskConfig:
 
 
 def _save(orch: Orchestrator, body: SaveTaskRequest, *, add_edges: bool) -> StatusResponse:
-    orch.get_workflow(body.workflow_id).save_task(
-        body.task_id, _config(body), add_edges=add_edges, task_name=body.task_name
+    orch.save_task(
+        body.workflow_id,
+        body.task_id,
+        _config(body),
+        add_edges=add_edges,
+        task_name=body.task_name,
     )
     return StatusResponse()
 
@@ -108,28 +112,27 @@ async def save_task_and_add_edge(body: SaveTaskRequest, orch: Orch) -> StatusRes
 
 @router.post("/add_edge", response_model=StatusResponse)
 async def add_edge(body: AddEdgeRequest, orch: Orch) -> StatusResponse:
-    orch.get_workflow(body.workflow_id).add_edge(body.source_task_id, body.target_task_id)
+    orch.add_edge(body.workflow_id, body.source_task_id, body.target_task_id)
     return StatusResponse()
 
 
 @router.post("/del_edge", response_model=StatusResponse)
 async def del_edge(body: AddEdgeRequest, orch: Orch) -> StatusResponse:
-    orch.get_workflow(body.workflow_id).del_edge(body.source_task_id, body.target_task_id)
+    orch.del_edge(body.workflow_id, body.source_task_id, body.target_task_id)
     return StatusResponse()
 
 
 @router.post("/del_task", response_model=StatusResponse)
 async def del_task(body: DelTaskRequest, orch: Orch) -> StatusResponse:
-    orch.get_workflow(body.workflow_id).del_task(body.task_id)
+    orch.del_task(body.workflow_id, body.task_id)
     return StatusResponse()
 
 
 @router.get("/get_workflow_tasks/{workflow_id}", response_model=GetTasksResponse)
 async def get_workflow_tasks(workflow_id: str, orch: Orch) -> GetTasksResponse:
-    workflow = orch.get_workflow(workflow_id)
     tasks = [
         {"task_id": t.task_id, "task_name": t.task_name, "task_type": t.task_type.value}
-        for t in workflow.tasks()
+        for t in orch.workflow_tasks(workflow_id)
     ]
     return GetTasksResponse(tasks=tasks)
 
@@ -151,7 +154,6 @@ async def get_workflow_res(
     orch = ws_orchestrator(websocket)
     await websocket.accept()
     try:
-        orch.get_workflow(workflow_id)
         run_log = orch.get_run_log(run_id, workflow_id)
     except NotFoundError as exc:
         await websocket.close(code=4404, reason=str(exc)[:120])

@@ -1,6 +1,7 @@
 """Execution contexts: one workflow run (RunContext) or one LangGraph call (SingleTaskContext).
 
-Both live on the event loop thread and are fed scheduler messages by the orchestrator.
+Both live on the event loop thread and are fed the scheduler's run events by the orchestrator.
+Neither decides anything about a task: the scheduler core does, and says so in events.
 """
 
 from __future__ import annotations
@@ -11,8 +12,17 @@ from collections.abc import Callable
 from typing import Any
 
 from lattice.core.observer import EngineObserver
-from lattice.core.orchestrator import events as ev
-from lattice.core.runtime.task import CodeTaskRuntime, TaskStatus
+from lattice.core.run.events import (
+    RunEvent,
+    RunFinished,
+    RunStatus,
+    TaskCancelled,
+    TaskFailed,
+    TaskFinished,
+    TaskStarted,
+)
+from lattice.core.run.log import RunLog
+from lattice.core.runtime.task import CodeTaskRuntime
 from lattice.core.scheduler.message_bus import MessageBus
 from lattice.core.scheduler.messages import (
     Message,
@@ -20,30 +30,19 @@ from lattice.core.scheduler.messages import (
     RunControlData,
     RunTaskData,
     RunTasksData,
-    TaskCancelledData,
-    TaskFailedData,
-    TaskFinishedData,
-    TaskStartedData,
 )
 from lattice.core.workflow.base import CodeTask, Workflow
 from lattice.core.workflow.inputs import InputSchema
 from lattice.exceptions import TaskErrorInfo
+from lattice.vocabulary import ErrorKind
 
 
 class BaseContext(ABC):
     run_id: str
 
     @abstractmethod
-    def on_task_started(self, data: TaskStartedData) -> None: ...
-
-    @abstractmethod
-    def on_task_finished(self, data: TaskFinishedData) -> None: ...
-
-    @abstractmethod
-    def on_task_failed(self, data: TaskFailedData) -> None: ...
-
-    @abstractmethod
-    def on_task_cancelled(self, data: TaskCancelledData) -> None: ...
+    def apply(self, event: RunEvent) -> None:
+        """An event the scheduler decided for this run."""
 
 
 def code_task_runtime(run_id: str, task: CodeTask) -> CodeTaskRuntime:
@@ -66,15 +65,15 @@ def code_task_runtime(run_id: str, task: CodeTask) -> CodeTaskRuntime:
 
 
 class RunContext(BaseContext):
-    """One run of a workflow: submits tasks as their inputs become ready, records every change
-    in the run's log, skips the dependants of a failed task, and ends the run."""
+    """One run of a workflow: hands its tasks to the scheduler and records every event the
+    scheduler decides in the run's log (whose fold is the run's state)."""
 
     def __init__(
         self,
         run_id: str,
         workflow: Workflow,
         message_bus: MessageBus,
-        log: ev.RunLog,
+        log: RunLog,
         observer: EngineObserver,
         on_finished: Callable[[RunContext], None],
     ) -> None:
@@ -84,167 +83,58 @@ class RunContext(BaseContext):
         self._bus = message_bus
         self._observer = observer
         self._on_finished = on_finished
-        self._status: dict[str, TaskStatus] = {
-            t.task_id: TaskStatus.PENDING for t in workflow.tasks()
-        }
-        self._open = len(self._status)
-        self._cancelling = False
 
     @property
     def finished(self) -> bool:
         return self.log.closed
 
     def submit_start_tasks(self) -> None:
-        """Hand every task of the run to the scheduler: the start tasks to run now, the
-        others with the tasks they wait for (the scheduler releases each one the moment its
-        last upstream task finishes; see scheduler.waiting)."""
+        """Hand every task of the run to the scheduler: the ready ones to run now, the others
+        with the tasks they wait for (the scheduler releases each one the moment its last
+        upstream task finishes; see scheduler.waiting)."""
+        workflow = self.workflow
+        ready = {t.task_id for t in workflow.get_ready_tasks_after_completion(set())}
+        upstream: dict[str, set[str]] = {}
+        for source, target in workflow.get_graph_edges():
+            upstream.setdefault(target, set()).add(source)
         entries = []
-        for task in self.workflow.tasks():
+        for task in workflow.tasks():
             assert isinstance(task, CodeTask)
-            after = frozenset(self.workflow.predecessors(task.task_id))
-            if not after:
-                self._status[task.task_id] = TaskStatus.READY
+            after = frozenset() if task.task_id in ready else frozenset(upstream[task.task_id])
             entries.append(RunTaskData(code_task_runtime(self.run_id, task), after))
-        if entries:
-            self._bus.send_to_scheduler(
-                Message(MessageType.RUN_TASKS, RunTasksData(tuple(entries)))
+        self._bus.send_to_scheduler(
+            Message(
+                MessageType.RUN_TASKS,
+                RunTasksData(tuple(entries), self.run_id, workflow.workflow_id),
             )
-        self._maybe_finish()
-
-    def _settle(self, task_id: str, status: TaskStatus) -> bool:
-        """Move a task to a terminal status once; False if it already had one."""
-        if self._status.get(task_id, TaskStatus.COMPLETED).terminal:
-            return False
-        self._status[task_id] = status
-        self._open -= 1
-        return True
-
-    # --- scheduler events -------------------------------------------------------------------
-
-    def on_task_started(self, data: TaskStartedData) -> None:
-        status = self._status.get(data.task_id)
-        # A task dispatched again after its node was lost starts again, on another node: the
-        # client is told where it runs now (the message then carries ``attempt``).
-        redispatched = status is TaskStatus.RUNNING and data.attempt > 1
-        if status not in (TaskStatus.PENDING, TaskStatus.READY) and not redispatched:
-            return
-        self._status[data.task_id] = TaskStatus.RUNNING
-        message: dict[str, Any] = {
-            "workflow_id": data.workflow_id,
-            "task_id": data.task_id,
-            "task_name": data.task_name,
-            "node_ip": data.node_ip,
-            "node_id": data.node_id,
-            "gpu_ids": list(data.gpu_ids),
-        }
-        if redispatched:
-            message["attempt"] = data.attempt
-        self.log.append(ev.START_TASK, message)
-
-    def on_task_finished(self, data: TaskFinishedData) -> None:
-        if not self._settle(data.task_id, TaskStatus.COMPLETED):
-            return
-        self.log.append(
-            ev.FINISH_TASK,
-            {
-                "workflow_id": data.workflow_id,
-                "task_id": data.task_id,
-                "task_name": data.task_name,
-                "result": data.encoded,
-            },
         )
-        self._maybe_finish()
 
-    def on_task_failed(self, data: TaskFailedData) -> None:
-        if not self._settle(data.task_id, TaskStatus.FAILED):
-            return
-        self.log.append(
-            ev.TASK_EXCEPTION,
-            {
-                "workflow_id": data.workflow_id,
-                "task_id": data.task_id,
-                "task_name": data.task_name,
-                "error": data.error.to_dict(),
-            },
-        )
-        self._skip_dependants(
-            data.task_id, f"upstream task {data.task_name} ({data.task_id}) failed"
-        )
-        self._maybe_finish()
-
-    def on_task_cancelled(self, data: TaskCancelledData) -> None:
-        self._cancel_one(data.task_id)
-        if not self._cancelling:
-            self._skip_dependants(data.task_id, f"upstream task {data.task_id} was cancelled")
-        self._maybe_finish()
-
-    def _cancel_one(self, task_id: str) -> None:
-        if self._settle(task_id, TaskStatus.CANCELLED):
-            self.log.append(
-                ev.TASK_CANCELLED, {"workflow_id": self.workflow.workflow_id, "task_id": task_id}
-            )
-
-    def _skip_dependants(self, task_id: str, reason: str) -> None:
-        for dep in sorted(self.workflow.descendants(task_id)):
-            if self._settle(dep, TaskStatus.SKIPPED):
-                self.log.append(
-                    ev.TASK_SKIPPED,
-                    {"workflow_id": self.workflow.workflow_id, "task_id": dep, "reason": reason},
-                )
-
-    # --- control ----------------------------------------------------------------------------
+    def apply(self, event: RunEvent) -> None:
+        self.log.append(event)
+        if isinstance(event, RunFinished):
+            self._observer.run_finished(self.run_id, self.workflow.workflow_id, event.status.value)
+            self._on_finished(self)
 
     def cancel(self) -> None:
-        """Cancel the run: queued and running tasks are cancelled, nothing new starts."""
-        if self.finished or self._cancelling:
-            return
-        self._cancelling = True
-        self._bus.send_to_scheduler(Message(MessageType.STOP_WORKFLOW, RunControlData(self.run_id)))
-        for task_id, status in list(self._status.items()):
-            if status is TaskStatus.PENDING:
-                self._cancel_one(task_id)
-        self._maybe_finish()
+        """Cancel the run: queued and running tasks are cancelled, nothing new starts (the
+        scheduler decides and reports each task)."""
+        if not self.finished:
+            self._bus.send_to_scheduler(
+                Message(MessageType.STOP_WORKFLOW, RunControlData(self.run_id))
+            )
 
     def abort(self, reason: str) -> None:
-        """End the run at once (server shutting down): every open task is cancelled."""
+        """End the run at once (the server is shutting down and its scheduler with it): every
+        open task is recorded cancelled, then the run."""
         if self.finished:
             return
-        self._cancelling = True
-        for task_id, status in list(self._status.items()):
-            if not status.terminal:
-                self._cancel_one(task_id)
-        self._finish(ev.CANCELLED, reason)
-
-    def _maybe_finish(self) -> None:
-        if self._open == 0 and not self.finished:
-            statuses = set(self._status.values())
-            if TaskStatus.FAILED in statuses:
-                outcome = ev.FAILED
-            elif self._cancelling or TaskStatus.CANCELLED in statuses:
-                outcome = ev.CANCELLED
-            else:
-                outcome = ev.COMPLETED
-            self._finish(outcome)
-
-    def _finish(self, outcome: str, reason: str | None = None) -> None:
-        counts: dict[str, int] = {}
-        for status in self._status.values():
-            counts[status.value] = counts.get(status.value, 0) + 1
-        data: dict[str, Any] = {
-            "run_id": self.run_id,
-            "workflow_id": self.workflow.workflow_id,
-            "status": outcome,
-            "success": outcome == ev.COMPLETED,
-            "tasks": counts,
-        }
-        if reason:
-            data["reason"] = reason
-        self.log.append(ev.FINISH_WORKFLOW, data)
-        self._bus.send_to_scheduler(
-            Message(MessageType.CLEAR_WORKFLOW, RunControlData(self.run_id))
+        state = self.log.state
+        for task_id, task in list(state.tasks.items()):
+            if not task.status.terminal:
+                self.apply(TaskCancelled(self.run_id, state.workflow_id, task_id, task.task_name))
+        self.apply(
+            RunFinished(self.run_id, state.workflow_id, RunStatus.CANCELLED, state.counts(), reason)
         )
-        self._observer.run_finished(self.run_id, self.workflow.workflow_id, outcome)
-        self._on_finished(self)
 
     async def wait_complete(self) -> list[dict[str, Any]]:
         await self.log.wait_closed()
@@ -262,27 +152,22 @@ class SingleTaskContext(BaseContext):
             asyncio.get_running_loop().create_future()
         )
 
-    def on_task_started(self, data: TaskStartedData) -> None:
-        self.node_id = data.node_id
-
-    def on_task_finished(self, data: TaskFinishedData) -> None:
-        if not self._future.done():
-            self._future.set_result((data.encoded, None))
-
-    def on_task_failed(self, data: TaskFailedData) -> None:
-        if not self._future.done():
-            self._future.set_result((None, data.error))
-
-    def on_task_cancelled(self, data: TaskCancelledData) -> None:
-        if not self._future.done():
-            self._future.set_result(
-                (
-                    None,
-                    TaskErrorInfo.framework(
-                        "TaskCancelledError", f"task {self.task_id} was cancelled"
-                    ),
-                )
+    def apply(self, event: RunEvent) -> None:
+        if isinstance(event, TaskStarted):
+            self.node_id = event.node_id
+        elif isinstance(event, TaskFinished):
+            self._resolve(event.result, None)
+        elif isinstance(event, TaskFailed):
+            self._resolve(None, event.error)
+        elif isinstance(event, TaskCancelled):
+            error = TaskErrorInfo.framework(
+                ErrorKind.TASK_CANCELLED.value, f"task {self.task_id} was cancelled"
             )
+            self._resolve(None, error)
+
+    def _resolve(self, encoded: Any, error: TaskErrorInfo | None) -> None:
+        if not self._future.done():
+            self._future.set_result((encoded, error))
 
     async def wait_result(self) -> tuple[Any, TaskErrorInfo | None]:
         """``(encoded_result, None)`` on success, ``(None, error)`` on failure."""

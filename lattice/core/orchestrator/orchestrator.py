@@ -15,10 +15,12 @@ from typing import Any
 
 from lattice.core.observer import EngineObserver
 from lattice.core.orchestrator.context import BaseContext, RunContext, SingleTaskContext
-from lattice.core.orchestrator.events import EventStore, InMemoryEventStore, RunLog
 from lattice.core.orchestrator.handoff import LoopHandoff
 from lattice.core.resource.manager import ResourceManager
 from lattice.core.resource.node import NodeResources
+from lattice.core.run.events import RunEvent
+from lattice.core.run.log import EventStore, InMemoryEventStore, RunLog
+from lattice.core.run.state import InvalidTransition
 from lattice.core.runtime.task import LangGraphTaskRuntime
 from lattice.core.scheduler.message_bus import MessageBus
 from lattice.core.scheduler.messages import (
@@ -28,14 +30,12 @@ from lattice.core.scheduler.messages import (
     RunTaskData,
     StartWorkerData,
     StopWorkerData,
-    TaskCancelledData,
-    TaskFailedData,
-    TaskFinishedData,
-    TaskStartedData,
 )
 from lattice.core.scheduler.scheduler import Scheduler
 from lattice.core.workflow.base import (
+    BaseTask,
     CodeTask,
+    CodeTaskConfig,
     CodeTaskDraft,
     LangGraphTask,
     TaskType,
@@ -173,6 +173,35 @@ class Orchestrator:
                 raise LatticeInputError(f"task {draft.task_id}: task_name must not be empty")
         workflow.add_code_tasks(drafts, edges)
 
+    def save_task(
+        self,
+        workflow_id: str,
+        task_id: str,
+        config: CodeTaskConfig,
+        *,
+        add_edges: bool,
+        task_name: str | None = None,
+    ) -> None:
+        """Save a code task's configuration (``/save_task``; with ``add_edges``,
+        ``/save_task_and_add_edge``). On any error the workflow is unchanged."""
+        self.get_workflow(workflow_id).save_task(
+            task_id, config, add_edges=add_edges, task_name=task_name
+        )
+
+    def add_edge(self, workflow_id: str, source_task_id: str, target_task_id: str) -> None:
+        """Raises CycleError (the edge is not added) if it would close a cycle."""
+        self.get_workflow(workflow_id).add_edge(source_task_id, target_task_id)
+
+    def del_edge(self, workflow_id: str, source_task_id: str, target_task_id: str) -> None:
+        self.get_workflow(workflow_id).del_edge(source_task_id, target_task_id)
+
+    def del_task(self, workflow_id: str, task_id: str) -> None:
+        self.get_workflow(workflow_id).del_task(task_id)
+
+    def workflow_tasks(self, workflow_id: str) -> list[BaseTask]:
+        """The workflow's tasks, in the order they were added."""
+        return self.get_workflow(workflow_id).tasks()
+
     def add_langgraph_task(
         self,
         workflow_id: str,
@@ -203,7 +232,9 @@ class Orchestrator:
             )
         run_id = str(uuid.uuid4())
         copy = workflow.copy_for_run()
-        run_log = self._store.create(run_id, workflow_id, [t.task_id for t in copy.tasks()])
+        run_log = self._store.create(
+            run_id, workflow_id, [(t.task_id, t.task_name) for t in copy.tasks()]
+        )
         ctx = RunContext(run_id, copy, self._bus, run_log, self._observer, self._on_run_finished)
         self._run_contexts[run_id] = ctx
         self._observer.run_started(run_id, workflow_id)
@@ -215,6 +246,10 @@ class Orchestrator:
         self._store.finished(ctx.run_id)
 
     def get_run_log(self, run_id: str, workflow_id: str | None = None) -> RunLog:
+        """The run's log; with ``workflow_id``, also that the workflow exists and the run is
+        one of its own (WorkflowNotFoundError / RunNotFoundError otherwise)."""
+        if workflow_id is not None:
+            self.get_workflow(workflow_id)
         run_log = self._store.get(run_id)
         if workflow_id is not None and run_log.workflow_id != workflow_id:
             raise RunNotFoundError(run_id, workflow_id)
@@ -295,19 +330,21 @@ class Orchestrator:
     # --- scheduler messages -----------------------------------------------------------------
 
     def _handle_scheduler_message(self, message: Message) -> None:
-        data = message.data
-        run_id = getattr(data, "run_id", None)
-        ctx = self._run_contexts.get(run_id) if run_id else None
+        event = message.data
+        if not isinstance(event, RunEvent):
+            log.warning("orchestrator ignores scheduler message %s", message.message_type)
+            return
+        ctx = self._run_contexts.get(event.run_id)
         if ctx is None:
-            return  # the run already ended (e.g. a late report after cancellation)
-        if isinstance(data, TaskStartedData):
-            ctx.on_task_started(data)
-        elif isinstance(data, TaskFinishedData):
-            ctx.on_task_finished(data)
-        elif isinstance(data, TaskFailedData):
-            ctx.on_task_failed(data)
-        elif isinstance(data, TaskCancelledData):
-            ctx.on_task_cancelled(data)
+            return  # the run already ended (aborted at shutdown, or a call whose client left)
+        try:
+            ctx.apply(event)
+        except InvalidTransition:
+            # The core checks every event against the same fold before it sends it: this is
+            # a bug, and the run must not hang on it.
+            log.exception("run %s cannot take %s; ending it", event.run_id, event.kind)
+            if isinstance(ctx, RunContext):
+                ctx.abort(f"internal error: the run's log refused {event.kind}")
 
 
 def _check_task_id(task_id: str) -> None:

@@ -2,34 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
-from lattice.core.resource.node import SelectedNode
 from lattice.core.workflow.inputs import TaskRef
 from lattice.vocabulary import DEFAULT_PRIORITY, BatchConfig, SandboxSpec, TaskResourceRequirements
-
-
-class TaskStatus(str, Enum):
-    PENDING = "pending"
-    READY = "ready"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    #: not in spec/000: a task not run because a task it depends on failed or was cancelled
-    SKIPPED = "skipped"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (
-            TaskStatus.COMPLETED,
-            TaskStatus.FAILED,
-            TaskStatus.CANCELLED,
-            TaskStatus.SKIPPED,
-        )
 
 
 @dataclass(eq=False)
@@ -43,13 +20,14 @@ class BaseTaskRuntime:
     requirements: TaskResourceRequirements
     priority: int = DEFAULT_PRIORITY
     sandbox: SandboxSpec | None = None
-    status: TaskStatus = TaskStatus.PENDING
-    result: Any = None
-    selected_node: SelectedNode | None = None
-    #: monotonic time it entered the scheduler's queue (for queue-time metrics)
-    enqueued_at: float = field(default_factory=time.monotonic)
-    #: times it was dispatched (a node lost mid-task dispatches it again)
+    #: when it entered the scheduler's queue, on the scheduler's clock (queue-time metrics)
+    enqueued_at: float = 0.0
+    #: times its start was announced (a node lost mid-task starts it again); its status is
+    #: the run's (core.run.state), never kept here
     attempts: int = 0
+    #: times it was handed to the executor (a chained follower may be taken back and
+    #: handed over again): makes each submission's key unique
+    dispatches: int = 0
 
     @property
     def key(self) -> str:

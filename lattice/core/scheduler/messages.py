@@ -1,6 +1,8 @@
 """Messages between the orchestrator, the scheduler thread and executor callbacks.
 
 Each :class:`MessageType` has one typed payload class; nobody reads payloads by string key.
+What the scheduler tells the orchestrator is a run event (:mod:`lattice.core.run.events`),
+sent under the message type of the same name.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from enum import Enum
 from typing import Any
 
 from lattice.core.resource.node import NodeResources
+from lattice.core.run.events import RunEvent
 from lattice.core.runtime.task import BaseTaskRuntime
 from lattice.exceptions import TaskErrorInfo
 from lattice.executor.base import TaskOutcome
@@ -23,10 +26,15 @@ class MessageType(Enum):
     START_TASK = "start_task"
     FINISH_TASK = "finish_task"
     TASK_EXCEPTION = "task_exception"
+    #: scheduler -> orchestrator: a task will never run (what it depends on failed)
+    TASK_SKIPPED = "task_skipped"
     #: scheduler -> orchestrator: a task was cancelled before or while running
     TASK_CANCELLED = "task_cancelled"
     #: executor callback -> scheduler: a submission ended (internal)
     TASK_DONE = "task_done"
+    #: scheduler thread -> its core: the executor took a submission, or refused it (internal)
+    SUBMITTED = "submitted"
+    SUBMIT_REFUSED = "submit_refused"
     # workflows (runs)
     CLEAR_WORKFLOW = "clear_workflow"
     STOP_WORKFLOW = "stop_workflow"
@@ -36,6 +44,8 @@ class MessageType(Enum):
     STOP_WORKER = "stop_worker"
     #: executor -> scheduler: cluster membership may have changed (internal)
     NODES_CHANGED = "nodes_changed"
+    #: scheduler thread -> its core: what the executor says the cluster is now (internal)
+    NODES_OBSERVED = "nodes_observed"
     # LLM instances
     START_LLM_INSTANCE = "start_llm_instance"
     STOP_LLM_INSTANCE = "stop_llm_instance"
@@ -53,55 +63,12 @@ class RunTaskData:
 
 @dataclass(frozen=True)
 class RunTasksData:
-    """Every task of a run at once: the scheduler learns what waits for a task before that
-    task can finish."""
+    """Every task of a run at once, in workflow order: the scheduler learns what waits for a
+    task before that task can finish."""
 
     tasks: tuple[RunTaskData, ...]
-
-
-@dataclass(frozen=True)
-class TaskStartedData:
-    run_id: str
-    workflow_id: str
-    task_id: str
-    task_name: str
-    node_id: str
-    node_ip: str
-    gpu_ids: tuple[int, ...] = ()
-    #: 1 for the first dispatch; more when the task is dispatched again after its node was lost
-    attempt: int = 1
-
-
-@dataclass(frozen=True)
-class TaskFinishedData:
-    run_id: str
-    workflow_id: str
-    task_id: str
-    task_name: str
-    #: the raw value (dependants read it)
-    result: Any
-    #: the wire form of ``result`` (serialization.encode_value), made off the event loop
-    encoded: Any
-    node_id: str
-    duration: float
-
-
-@dataclass(frozen=True)
-class TaskFailedData:
-    run_id: str
-    workflow_id: str
-    task_id: str
-    task_name: str
-    error: TaskErrorInfo
-    node_id: str = ""
-
-
-@dataclass(frozen=True)
-class TaskCancelledData:
-    run_id: str
-    workflow_id: str
-    task_id: str
-    task_name: str
+    run_id: str = ""
+    workflow_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,15 +80,19 @@ class TaskDoneData:
 
 
 @dataclass(frozen=True)
-class RunControlData:
-    run_id: str
+class SubmittedData:
+    key: str
 
 
 @dataclass(frozen=True)
-class RunFinishedData:
+class SubmitRefusedData:
+    key: str
+    error: TaskErrorInfo
+
+
+@dataclass(frozen=True)
+class RunControlData:
     run_id: str
-    workflow_id: str
-    status: str
 
 
 @dataclass(frozen=True)
@@ -129,6 +100,9 @@ class StartWorkerData:
     node_id: str
     node_ip: str
     resources: NodeResources
+    #: whether the cluster has this node alive (None: cannot tell); the scheduler thread
+    #: asks the executor before its core decides
+    in_cluster: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -137,10 +111,11 @@ class StopWorkerData:
 
 
 @dataclass(frozen=True)
-class LlmInstanceData:
-    instance_id: str
-    model: str = ""
-    node_id: str = ""
+class NodesObservedData:
+    #: ids of the nodes alive in the cluster, or None when the executor cannot tell
+    alive: frozenset[str] | None
+    #: ``ray.nodes()`` entries of alive nodes the scheduler did not know yet
+    new_nodes: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -151,16 +126,14 @@ class NoData:
 MessageData = (
     RunTaskData
     | RunTasksData
-    | TaskStartedData
-    | TaskFinishedData
-    | TaskFailedData
-    | TaskCancelledData
+    | RunEvent
     | TaskDoneData
+    | SubmittedData
+    | SubmitRefusedData
     | RunControlData
-    | RunFinishedData
     | StartWorkerData
     | StopWorkerData
-    | LlmInstanceData
+    | NodesObservedData
     | NoData
 )
 
@@ -169,3 +142,18 @@ MessageData = (
 class Message:
     message_type: MessageType
     data: MessageData = NoData()
+
+
+#: the message type each run event travels under, scheduler -> orchestrator
+EVENT_MESSAGE_TYPES: dict[str, MessageType] = {
+    "start_task": MessageType.START_TASK,
+    "finish_task": MessageType.FINISH_TASK,
+    "task_exception": MessageType.TASK_EXCEPTION,
+    "task_skipped": MessageType.TASK_SKIPPED,
+    "task_cancelled": MessageType.TASK_CANCELLED,
+    "finish_workflow": MessageType.FINISH_WORKFLOW,
+}
+
+
+def event_message(event: RunEvent) -> Message:
+    return Message(EVENT_MESSAGE_TYPES[event.kind], event)

@@ -8,11 +8,10 @@ from typing import Any
 from lattice.core.resource.node import SelectedNode
 from lattice.core.runtime.task import BaseTaskRuntime, CodeTaskRuntime, LangGraphTaskRuntime
 from lattice.core.runtime.workflow import WorkflowRuntimeManager
+from lattice.core.scheduler.commands import AwaitOutput
 from lattice.core.scheduler.pending import PendingItem
 from lattice.exceptions import TaskErrorInfo
 from lattice.executor.base import (
-    PendingOutput,
-    TaskHandle,
     TaskKind,
     TaskOutcome,
     TaskSubmission,
@@ -22,10 +21,10 @@ from lattice.serialization import encode_value
 
 
 def _inputs(
-    task: CodeTaskRuntime, runtime: WorkflowRuntimeManager, running: Mapping[str, TaskHandle]
+    task: CodeTaskRuntime, runtime: WorkflowRuntimeManager, running: Mapping[str, str]
 ) -> dict[str, Any]:
     return {
-        key: PendingOutput(running[ref.task_id], ref.output_key)
+        key: AwaitOutput(running[ref.task_id], ref.output_key)
         if ref.task_id in running
         else runtime.get_task_result_value(task.run_id, ref)
         for key, ref in task.upstream
@@ -37,13 +36,14 @@ def build_submission(
     item: PendingItem,
     node: SelectedNode,
     runtime: WorkflowRuntimeManager,
-    running: Mapping[str, TaskHandle] | None = None,
+    running: Mapping[str, str] | None = None,
 ) -> TaskSubmission:
     """Resolve inputs and build the submission. Raises InvalidReferenceError when an input
     names a task or output key the run does not have.
 
-    ``running``: upstream task id -> handle, for upstream tasks still running (their outputs
-    become :class:`PendingOutput` inputs; see ExecutorBackend.pipelines)."""
+    ``running``: upstream task id -> key of its submission, for upstream tasks still running
+    (their outputs become :class:`AwaitOutput` inputs, which the scheduler thread turns into
+    the executor's PendingOutput; see ExecutorBackend.pipelines)."""
     running = running or {}
     first = item.tasks[0]
     common: dict[str, Any] = {

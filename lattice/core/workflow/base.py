@@ -366,6 +366,17 @@ class Workflow:
     def get_start_tasks(self) -> list[BaseTask]:
         return [self._tasks[t] for t, deg in self._graph.in_degree() if deg == 0]
 
+    def get_ready_tasks_after_completion(self, completed: set[str]) -> list[BaseTask]:
+        """The tasks not in ``completed`` whose upstream tasks all are, in workflow order: what
+        may run once ``completed`` have finished (with nothing completed, the start tasks).
+        A pure query of the DAG; the run's state says what has completed."""
+        graph = self._graph
+        return [
+            task
+            for tid, task in self._tasks.items()
+            if tid not in completed and all(p in completed for p in graph.predecessors(tid))
+        ]
+
     def descendants(self, task_id: str) -> set[str]:
         return set(nx.descendants(self._graph, task_id))
 

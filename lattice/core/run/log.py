@@ -1,8 +1,9 @@
 """A run is its event log (DESIGN decision 2).
 
-Every change of a run is appended with a sequence number; WebSocket subscribers replay the log
-from any sequence and then follow it, so a late or reconnecting client misses nothing. A run's
-status and results are folded from its log, never kept twice.
+Every event of a run is appended with a sequence number; WebSocket subscribers replay the log
+from any sequence and then follow it, so a late or reconnecting client misses nothing. The log
+folds each event into its :class:`~lattice.core.run.state.RunState` as it appends it: a run's
+status and results are read from that fold, never kept a second time.
 
 Logs live on the server's event loop thread (no locks). The store is an interface so a
 persistent store can replace the in-memory one.
@@ -13,53 +14,60 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from lattice.core.run.events import RunEvent, RunFinished, RunStatus
+from lattice.core.run.state import RunState
 from lattice.exceptions import RunNotFoundError
-
-# Event types on the wire (spec/002 §5.5 plus the ones a user needs to know nothing is lost).
-START_TASK = "start_task"
-FINISH_TASK = "finish_task"
-TASK_EXCEPTION = "task_exception"
-TASK_SKIPPED = "task_skipped"
-TASK_CANCELLED = "task_cancelled"
-FINISH_WORKFLOW = "finish_workflow"
-
-RUNNING, COMPLETED, FAILED, CANCELLED = "running", "completed", "failed", "cancelled"
 
 
 @dataclass(frozen=True)
-class RunEvent:
+class LoggedEvent:
+    """An event with its place in the run's log."""
+
     seq: int
-    type: str
-    data: dict[str, Any]
+    event: RunEvent
+
+    @property
+    def kind(self) -> str:
+        return self.event.kind
 
     def to_message(self) -> dict[str, Any]:
-        return {"type": self.type, "data": self.data, "seq": self.seq}
+        """The WebSocket message (spec/002 §5.5)."""
+        return {"type": self.event.kind, "data": self.event.to_wire(), "seq": self.seq}
 
 
 class RunLog:
-    """One run's append-only log. Use from the event loop thread only."""
+    """One run's append-only log and the state folded from it. Event loop thread only."""
 
-    def __init__(self, run_id: str, workflow_id: str, task_ids: list[str]) -> None:
-        self.run_id = run_id
-        self.workflow_id = workflow_id
-        self.task_ids = task_ids
-        self._events: list[RunEvent] = []
-        self._closed = False
+    def __init__(self, run_id: str, workflow_id: str, tasks: Iterable[tuple[str, str]]) -> None:
+        """``tasks``: ``(task_id, task_name)`` of every task of the run, in workflow order."""
+        self.state = RunState(run_id, workflow_id, tasks)
+        self._events: list[LoggedEvent] = []
         self._waiter: asyncio.Future[None] | None = None
 
-    def append(self, type_: str, data: dict[str, Any]) -> RunEvent:
-        if self._closed:
-            raise RuntimeError(f"run {self.run_id} is finished; its log is closed")
-        event = RunEvent(len(self._events), type_, data)
-        self._events.append(event)
-        if type_ == FINISH_WORKFLOW:
-            self._closed = True
+    @property
+    def run_id(self) -> str:
+        return self.state.run_id
+
+    @property
+    def workflow_id(self) -> str:
+        return self.state.workflow_id
+
+    @property
+    def task_ids(self) -> list[str]:
+        return list(self.state.tasks)
+
+    def append(self, event: RunEvent) -> LoggedEvent:
+        """Fold ``event`` into the state and log it. Raises InvalidTransition (and logs
+        nothing) for an event the state cannot take, e.g. anything after ``finish_workflow``."""
+        self.state.apply(event)
+        logged = LoggedEvent(len(self._events), event)
+        self._events.append(logged)
         self._wake()
-        return event
+        return logged
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
@@ -68,22 +76,26 @@ class RunLog:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self.state.finished is not None
+
+    @property
+    def status(self) -> RunStatus:
+        return self.state.status
 
     def __len__(self) -> int:
         return len(self._events)
 
-    def events(self, from_seq: int = 0) -> list[RunEvent]:
+    def events(self, from_seq: int = 0) -> list[LoggedEvent]:
         return self._events[max(0, from_seq) :]
 
-    async def follow(self, from_seq: int = 0) -> AsyncIterator[RunEvent]:
+    async def follow(self, from_seq: int = 0) -> AsyncIterator[LoggedEvent]:
         """Yield every event from ``from_seq`` on, waiting for new ones until the run ends."""
         i = max(0, from_seq)
         while True:
             while i < len(self._events):
                 yield self._events[i]
                 i += 1
-            if self._closed:
+            if self.closed:
                 return
             if self._waiter is None:
                 self._waiter = asyncio.get_running_loop().create_future()
@@ -93,46 +105,26 @@ class RunLog:
         async for _ in self.follow(len(self._events)):
             pass
 
-    # --- derived state ----------------------------------------------------------------------
-
-    @property
-    def status(self) -> str:
-        if not self._closed:
-            return RUNNING
-        return str(self._events[-1].data.get("status", COMPLETED))
-
     def summary(self) -> dict[str, Any]:
-        """Status of the run and of each task, with results and errors, folded from the log."""
-        tasks: dict[str, dict[str, Any]] = {tid: {"status": "pending"} for tid in self.task_ids}
-        for event in self._events:
-            tid = event.data.get("task_id")
-            if tid is None:
-                continue
-            entry = tasks.setdefault(tid, {})
-            if event.type == START_TASK:
-                entry.update(status="running", node_id=event.data.get("node_id"))
-            elif event.type == FINISH_TASK:
-                entry.update(status="completed", result=event.data.get("result"))
-            elif event.type == TASK_EXCEPTION:
-                entry.update(status="failed", error=event.data.get("error"))
-            elif event.type == TASK_SKIPPED:
-                entry.update(status="skipped", reason=event.data.get("reason"))
-            elif event.type == TASK_CANCELLED:
-                entry.update(status="cancelled")
+        """Status of the run and of each task, with results and errors (``GET /runs/{id}``)."""
         return {
             "run_id": self.run_id,
             "workflow_id": self.workflow_id,
-            "status": self.status,
+            "status": self.status.value,
             "events": len(self._events),
-            "tasks": tasks,
+            "tasks": self.state.view(),
         }
+
+    @property
+    def finish(self) -> RunFinished | None:
+        return self.state.finished
 
 
 class EventStore(ABC):
     """Where run logs live. The in-memory store is the default; a persistent one may follow."""
 
     @abstractmethod
-    def create(self, run_id: str, workflow_id: str, task_ids: list[str]) -> RunLog: ...
+    def create(self, run_id: str, workflow_id: str, tasks: Iterable[tuple[str, str]]) -> RunLog: ...
 
     @abstractmethod
     def get(self, run_id: str) -> RunLog:
@@ -162,8 +154,8 @@ class InMemoryEventStore(EventStore):
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._max_finished = max_finished
 
-    def create(self, run_id: str, workflow_id: str, task_ids: list[str]) -> RunLog:
-        log = self._logs[run_id] = RunLog(run_id, workflow_id, task_ids)
+    def create(self, run_id: str, workflow_id: str, tasks: Iterable[tuple[str, str]]) -> RunLog:
+        log = self._logs[run_id] = RunLog(run_id, workflow_id, tasks)
         return log
 
     def get(self, run_id: str) -> RunLog:

@@ -1,0 +1,1 @@
+"""A run: its typed events, the fold that is its state, and its log."""
