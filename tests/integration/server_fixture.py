@@ -66,10 +66,16 @@ class InProcessServer:
     """A Lattice API server on a background thread of this process.
 
     ``settings`` defaults to the local executor with metrics on; its ``port`` is replaced by
-    the free port the server listens on.
+    the free port the server listens on. ``parts`` go to ``create_app`` (a store, an
+    executor of the caller's own).
     """
 
-    def __init__(self, settings: ServerSettings | None = None, start_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings | None = None,
+        start_timeout: float = 30.0,
+        **parts: Any,
+    ) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
@@ -80,7 +86,7 @@ class InProcessServer:
         self.ws_url = f"ws://127.0.0.1:{self.port}"
         self._start_timeout = start_timeout
         config = uvicorn.Config(
-            create_app(self.settings),
+            create_app(self.settings, **parts),
             lifespan="on",
             log_level="warning",
             timeout_graceful_shutdown=3,

@@ -20,6 +20,7 @@ from lattice.core.resource.manager import ResourceManager
 from lattice.core.resource.node import NodeResources
 from lattice.core.run.events import TaskFailed, TaskFinished, TaskStarted
 from lattice.core.runtime.task import CodeTaskRuntime
+from lattice.core.scheduler.core import SchedulerCore
 from lattice.core.scheduler.message_bus import MessageBus
 from lattice.core.scheduler.messages import (
     Message,
@@ -467,6 +468,40 @@ class EngineScenarios:
             finish = log.events()[-1].to_message()["data"]
             assert finish["reason"] == "server shutting down"
             assert log.summary()["tasks"][stuck]["status"] == "cancelled"
+
+        engine.run(body)
+
+    def test_a_scheduler_bug_fails_the_run_it_concerns_instead_of_hanging_it(
+        self, engine: Engine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        settle = SchedulerCore._settle
+
+        def buggy(core: SchedulerCore, running: Any, data: Any) -> Any:
+            if running.item.tasks[0].task_name == "times_ten":
+                raise RuntimeError("injected scheduler bug")
+            return settle(core, running, data)
+
+        monkeypatch.setattr(SchedulerCore, "_settle", buggy)
+
+        async def body(orch: Orchestrator) -> None:
+            b = WorkflowBuilder(orch)
+            first = b.add(h.times_ten, {"x": 1})
+            after = b.add(h.add_one, {"x": Ref(first)})
+            healthy = WorkflowBuilder(orch)
+            fine = healthy.add(h.add_one, {"x": 1})
+
+            run = await run_workflow(orch, b.workflow_id)
+            other = await run_workflow(orch, healthy.workflow_id)
+
+            assert run.status == FAILED
+            errors = {
+                m["data"]["task_id"]: m["data"]["error"] for m in run.of_type("task_exception")
+            }
+            assert set(errors) == {first, after}
+            assert {e["type"] for e in errors.values()} == {"SchedulerError"}
+            assert "RuntimeError: injected scheduler bug" in errors[first]["message"]
+            assert "buggy" in errors[first]["traceback"]
+            assert other.status == COMPLETED and other.result(fine)["out"] == 2
 
         engine.run(body)
 

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from lattice.core.run.events import RunEvent, RunFinished, RunStatus
+from lattice.core.run.events import RunEvent, RunStatus
 from lattice.core.run.state import RunState
 from lattice.exceptions import RunNotFoundError
 
@@ -55,10 +55,6 @@ class RunLog:
     @property
     def workflow_id(self) -> str:
         return self.state.workflow_id
-
-    @property
-    def task_ids(self) -> list[str]:
-        return list(self.state.tasks)
 
     def append(self, event: RunEvent) -> LoggedEvent:
         """Fold ``event`` into the state and log it. Raises InvalidTransition (and logs
@@ -114,10 +110,6 @@ class RunLog:
             "events": len(self._events),
             "tasks": self.state.view(),
         }
-
-    @property
-    def finish(self) -> RunFinished | None:
-        return self.state.finished
 
 
 class EventStore(ABC):

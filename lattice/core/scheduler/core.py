@@ -21,26 +21,19 @@ import logging
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from lattice.core.resource.manager import ResourceManager
 from lattice.core.resource.node import NodeStatus, SelectedNode
 from lattice.core.run.events import (
-    RunEvent,
-    RunFinished,
-    TaskCancelled,
-    TaskFailed,
-    TaskFinished,
-    TaskSkipped,
     TaskStarted,
 )
-from lattice.core.run.state import RunState, TaskStatus
+from lattice.core.run.state import RunState
 from lattice.core.runtime.task import BaseTaskRuntime, CodeTaskRuntime
-from lattice.core.runtime.workflow import WorkflowRuntimeManager
 from lattice.core.scheduler.batch_collector import BatchCollector
-from lattice.core.scheduler.commands import Cancel, Command, Emit, ReleaseNode, Stop, Submit
+from lattice.core.scheduler.commands import Cancel, Command, ReleaseNode, Stop, Submit
 from lattice.core.scheduler.messages import (
     Message,
     MessageType,
@@ -55,8 +48,8 @@ from lattice.core.scheduler.messages import (
     TaskDoneData,
 )
 from lattice.core.scheduler.pending import PendingItem, PendingQueue, Shape
+from lattice.core.scheduler.runs import RunBook
 from lattice.core.scheduler.submission import build_submission, split_outcome
-from lattice.core.scheduler.waiting import WaitingTasks
 from lattice.exceptions import InvalidReferenceError, NodeNotFoundError, TaskErrorInfo
 from lattice.executor.base import TaskKind, TaskOutcome
 from lattice.vocabulary import ErrorKind, TaskResourceRequirements
@@ -82,16 +75,6 @@ class _Running:
     early: TaskDoneData | None = None
 
 
-@dataclass(eq=False)
-class _Run:
-    state: RunState
-    #: task id -> ids of the tasks that depend on it directly (the run's DAG, for skips)
-    children: dict[str, list[str]] = field(default_factory=dict)
-    cancelling: bool = False
-    #: takes tasks one at a time (RUN_TASK) and ends only when cleared
-    open_ended: bool = False
-
-
 class _Settled(Enum):
     COMPLETED = "completed"
     REQUEUED = "requeued"
@@ -107,15 +90,13 @@ class SchedulerCore:
         self._rm = resources
         self._max_attempts = max_attempts
         self._pipelines = pipelines
-        self._runs: dict[str, _Run] = {}
-        self._runtime = WorkflowRuntimeManager()
+        self._out: list[Command] = []
+        self._runs = RunBook(self._out)
         self._pending = PendingQueue()
         self._batches = BatchCollector()
-        self._waiting = WaitingTasks()
         self._running: dict[str, _Running] = {}
         #: key of a submission -> key of the one chained behind it
         self._followers: dict[str, str] = {}
-        self._out: list[Command] = []
         self._now = 0.0
         #: the nodes or the queue changed since the thread last published them
         self.dirty = True
@@ -187,101 +168,40 @@ class SchedulerCore:
 
     def run_state(self, run_id: str) -> RunState | None:
         """The core's fold of a live run (None once it finished)."""
-        run = self._runs.get(run_id)
-        return None if run is None else run.state
+        return self._runs.state(run_id)
 
     def _take(self) -> list[Command]:
-        out, self._out = self._out, []
+        out = list(self._out)
+        self._out.clear()
         return out
 
     # --- runs -------------------------------------------------------------------------------
 
     def _on_run_task(self, data: RunTaskData) -> None:
-        """One more task of an open-ended run (a LangGraph node call is one): such a run
-        takes tasks one at a time, never finishes by itself, and is forgotten on
-        ``CLEAR_WORKFLOW``; its results stay readable by its later tasks until then."""
-        task = data.task
-        run = self._runs.get(task.run_id)
-        if run is None:
-            state = RunState(task.run_id, task.workflow_id, ())
-            run = self._runs[task.run_id] = _Run(state, open_ended=True)
-        if not run.open_ended:
-            raise ValueError(f"run {task.run_id} was handed over whole; it takes no more tasks")
-        run.state.add_task(task.task_id, task.task_name)
-        self._add_task(run, data)
+        if self._runs.add_one(data):
+            self._make_ready(data.task)
 
     def _on_run_tasks(self, data: RunTasksData) -> None:
-        """Every task of a run: it finishes when the last of them has ended."""
-        if data.run_id in self._runs:
-            raise ValueError(f"run {data.run_id} was handed over twice")
-        tasks = ((e.task.task_id, e.task.task_name) for e in data.tasks)
-        run = self._runs[data.run_id] = _Run(RunState(data.run_id, data.workflow_id, tasks))
-        for entry in data.tasks:
-            self._add_task(run, entry)
-        self._maybe_finish(run)
-
-    def _add_task(self, run: _Run, entry: RunTaskData) -> None:
-        task = entry.task
-        for upstream in entry.after:
-            run.children.setdefault(upstream, []).append(task.task_id)
-        self._runtime.add_task(task)
-        if entry.after:
-            self._waiting.add(task, entry.after)
-        else:
+        for task in self._runs.start(data.run_id, data.workflow_id, data.tasks):
             self._make_ready(task)
 
     def _on_cancel_run(self, data: RunControlData) -> None:
         """Nothing of the run starts any more; what runs is stopped and reported cancelled
         when its executor reports back."""
-        run = self._runs.get(data.run_id)
-        if run is None or run.cancelling:
+        if data.run_id not in self._runs or self._runs.cancelling(data.run_id):
             return
-        run.cancelling = True
-        self._waiting.drop_run(data.run_id)
         self._pending.remove_run(data.run_id)
         self._batches.remove_run(data.run_id)
         for key, running in list(self._running.items()):
-            tasks = running.item.tasks
             # A batch shared with other runs keeps running for them.
-            if all(t.run_id == data.run_id for t in tasks):
+            if all(t.run_id == data.run_id for t in running.item.tasks):
                 self._cancel(key, running)
-        for task_id, task in list(run.state.tasks.items()):
-            if task.status is TaskStatus.PENDING:
-                self._emit(
-                    TaskCancelled(run.state.run_id, run.state.workflow_id, task_id, task.task_name)
-                )
+        self._runs.cancel(data.run_id)
         self.dirty = True
 
     def _on_clear_run(self, data: RunControlData) -> None:
         """Forget a run whose owner is gone (a LangGraph call whose client went away)."""
-        self._forget_run(data.run_id)
-
-    def _forget_run(self, run_id: str) -> None:
-        self._runs.pop(run_id, None)
-        self._waiting.drop_run(run_id)
-        self._runtime.clear_workflow(run_id)
-
-    def _maybe_finish(self, run: _Run) -> None:
-        state = run.state
-        if state.all_terminal and state.finished is None and not run.open_ended:
-            self._emit(
-                RunFinished(
-                    state.run_id,
-                    state.workflow_id,
-                    state.outcome(run.cancelling),
-                    state.counts(),
-                )
-            )
-            self._forget_run(state.run_id)
-
-    def _emit(self, event: RunEvent) -> None:
-        run = self._runs.get(event.run_id)
-        if run is None:
-            return  # the run is over (a late report after it was cancelled or cleared)
-        run.state.apply(event)
-        self._out.append(Emit(event))
-        if not isinstance(event, RunFinished):
-            self._maybe_finish(run)
+        self._runs.forget(data.run_id)
 
     # --- queueing and placement -------------------------------------------------------------
 
@@ -307,28 +227,28 @@ class SchedulerCore:
             ErrorKind.RESOURCE_UNAVAILABLE.value, self._rm.explain_never_fits(item.requirements)
         )
         for task in item.tasks:
-            self._fail(task, error, node_id="")
+            self._runs.fail(task, error, node_id="")
         return True
 
     def _submit(self, item: PendingItem, node: SelectedNode) -> None:
         if item.batched:
             # A task whose reference cannot be resolved fails alone, not with its batch.
             for task in list(item.tasks):
-                error = self._unresolved_reference(task)
+                error = self._runs.unresolved_reference(task)
                 if error is not None:
                     item.tasks.remove(task)
-                    self._fail(task, error, "")
+                    self._runs.fail(task, error, "")
             if not item.tasks:
                 self._rm.release_task_resources(node.node_id, item.requirements, node.gpu_ids)
                 return
         key = _submission_key(item)
         try:
-            submission = build_submission(key, item, node, self._runtime)
+            submission = build_submission(key, item, node, self._runs.runtime)
         except InvalidReferenceError as exc:
             self._rm.release_task_resources(node.node_id, item.requirements, node.gpu_ids)
             error = TaskErrorInfo.framework(ErrorKind.INVALID_REFERENCE.value, str(exc))
             for task in item.tasks:
-                self._fail(task, error, "")
+                self._runs.fail(task, error, "")
             return
         running = self._running[key] = _Running(item, node, submission.kind)
         for task in item.tasks:
@@ -340,7 +260,7 @@ class SchedulerCore:
     def _announce_start(self, task: BaseTaskRuntime, running: _Running) -> None:
         task.attempts += 1
         node = running.node
-        self._emit(
+        self._runs.emit(
             TaskStarted(
                 task.run_id,
                 task.workflow_id,
@@ -353,16 +273,6 @@ class SchedulerCore:
                 queued_for=self._now - task.enqueued_at,
             )
         )
-
-    def _unresolved_reference(self, task: BaseTaskRuntime) -> TaskErrorInfo | None:
-        if not isinstance(task, CodeTaskRuntime):
-            return None
-        try:
-            for _, ref in task.upstream:
-                self._runtime.get_task_result_value(task.run_id, ref)
-        except InvalidReferenceError as exc:
-            return TaskErrorInfo.framework(ErrorKind.INVALID_REFERENCE.value, str(exc))
-        return None
 
     # --- what the executor said about a submission ------------------------------------------
 
@@ -387,7 +297,7 @@ class SchedulerCore:
             upstream = self._running.get(upstream_key)
             task = running.item.tasks[0]
             if upstream is not None:
-                self._waiting.add(task, {upstream.item.tasks[0].task_id})
+                self._runs.waiting.add(task, {upstream.item.tasks[0].task_id})
             return
         self._on_task_done(TaskDoneData(data.key, TaskOutcome(error=data.error)))
 
@@ -416,7 +326,7 @@ class SchedulerCore:
         upstream = item.tasks[0]
         if item.batched or item.requirements.gpu:
             return
-        follower = self._waiting.take_follower(
+        follower = self._runs.waiting.take_follower(
             upstream.run_id, upstream.task_id, _continues(item.requirements)
         )
         if follower is None:
@@ -425,11 +335,11 @@ class SchedulerCore:
         follow_key = _submission_key(follow_item)
         try:
             submission = build_submission(
-                follow_key, follow_item, running.node, self._runtime, {upstream.task_id: key}
+                follow_key, follow_item, running.node, self._runs.runtime, {upstream.task_id: key}
             )
         except InvalidReferenceError:
             # It waits as before, and fails the usual way once its upstream finished.
-            self._waiting.add(follower, {upstream.task_id})
+            self._runs.waiting.add(follower, {upstream.task_id})
             return
         follower.dispatches += 1
         self._running[follow_key] = _Running(follow_item, running.node, submission.kind, after=key)
@@ -440,12 +350,11 @@ class SchedulerCore:
         """The submission ``key`` was chained behind ``upstream``, which is over now."""
         running = self._running[key]
         task, upstream_task = running.item.tasks[0], upstream.item.tasks[0]
-        run = self._runs.get(task.run_id)
-        if settled is _Settled.COMPLETED and run is not None and not run.cancelling:
-            error = self._unresolved_reference(task)
+        if settled is _Settled.COMPLETED and self._runs.live(task):
+            error = self._runs.unresolved_reference(task)
             if error is not None:
                 self._take_back_chain(key, upstream_task, wait_again=False)
-                self._fail(task, error, "")
+                self._runs.fail(task, error, "")
                 return
             if self._rm.claim(running.node, running.item.requirements):
                 running.after = None
@@ -457,7 +366,7 @@ class SchedulerCore:
                 return
             # Its node is no longer taking tasks (draining or gone): start it afresh elsewhere.
             self._take_back_chain(key, upstream_task, wait_again=True)
-            for ready in self._waiting.finished(task.run_id, upstream_task.task_id):
+            for ready in self._runs.waiting.finished(task.run_id, upstream_task.task_id):
                 self._make_ready(ready)
             return
         self._take_back_chain(key, upstream_task, settled is _Settled.REQUEUED)
@@ -475,9 +384,9 @@ class SchedulerCore:
             if running.accepted:
                 self._cancel(key, running)  # its report, if any, is ignored
             if wait_again:
-                self._waiting.add(task, {upstream.task_id})
+                self._runs.waiting.add(task, {upstream.task_id})
             else:
-                self._waiting.drop_after(task.run_id, task.task_id)
+                self._runs.waiting.drop_after(task.run_id, task.task_id)
             self._release_if_drained(running.node.node_id)
             upstream = task
             key = self._followers.pop(key, None)
@@ -498,20 +407,15 @@ class SchedulerCore:
         if follower is not None:
             self._follow_up(follower, running, settled)
 
-    def _live(self, task: BaseTaskRuntime) -> bool:
-        """Whether the run still wants ``task``'s outcome."""
-        run = self._runs.get(task.run_id)
-        return run is not None and not run.cancelling and not run.state.is_terminal(task.task_id)
-
     def _settle(self, running: _Running, data: TaskDoneData) -> _Settled:
         item, node, outcome = running.item, running.node, data.outcome
         self._rm.release_task_resources(node.node_id, item.requirements, node.gpu_ids)
         self.dirty = True
         self._release_if_drained(node.node_id)
-        live = [t for t in item.tasks if self._live(t)]
+        live = [t for t in item.tasks if self._runs.live(t)]
         for task in item.tasks:
             if task not in live:
-                self._report_cancelled(task, node.node_id)
+                self._runs.cancelled(task, node.node_id)
         if not live:
             return _Settled.ENDED
         if outcome.lost and all(t.attempts < self._max_attempts for t in live):
@@ -534,74 +438,15 @@ class SchedulerCore:
                     error.type, f"{error.message} (gave up after {self._max_attempts} attempts)"
                 )
             for task in live:
-                self._fail(task, error, node.node_id, outcome.duration)
+                self._runs.fail(task, error, node.node_id, outcome.duration)
             return _Settled.ENDED
         for task, value, encoded in split_outcome(item.tasks, item.batched, outcome, data.encoded):
             if task not in live:
                 continue
-            self._runtime.set_task_result(task, value)
-            self._emit(
-                TaskFinished(
-                    task.run_id,
-                    task.workflow_id,
-                    task.task_id,
-                    task.task_name,
-                    encoded,
-                    node_id=node.node_id,
-                    duration=outcome.duration,
-                )
-            )
             # Its dependants go out in this same wake-up, after its finish_task.
-            for ready in self._waiting.finished(task.run_id, task.task_id):
+            for ready in self._runs.finished(task, value, encoded, node.node_id, outcome.duration):
                 self._make_ready(ready)
         return _Settled.COMPLETED if len(live) == len(item.tasks) else _Settled.ENDED
-
-    def _fail(
-        self, task: BaseTaskRuntime, error: TaskErrorInfo, node_id: str, duration: float = 0.0
-    ) -> None:
-        run = self._runs.get(task.run_id)
-        if run is None or run.state.is_terminal(task.task_id):
-            return
-        self._waiting.drop_after(task.run_id, task.task_id)
-        self._emit(
-            TaskFailed(
-                task.run_id,
-                task.workflow_id,
-                task.task_id,
-                task.task_name,
-                error,
-                node_id=node_id,
-                duration=duration,
-            )
-        )
-        self._skip_dependants(
-            run, task.task_id, f"upstream task {task.task_name} ({task.task_id}) failed"
-        )
-
-    def _report_cancelled(self, task: BaseTaskRuntime, node_id: str) -> None:
-        run = self._runs.get(task.run_id)
-        if run is None or run.state.is_terminal(task.task_id):
-            return
-        self._waiting.drop_after(task.run_id, task.task_id)
-        self._emit(
-            TaskCancelled(task.run_id, task.workflow_id, task.task_id, task.task_name, node_id)
-        )
-        if not run.cancelling:
-            self._skip_dependants(run, task.task_id, f"upstream task {task.task_id} was cancelled")
-
-    def _skip_dependants(self, run: _Run, task_id: str, reason: str) -> None:
-        """Every task that depends on ``task_id``, directly or not, will never run."""
-        seen: set[str] = set()
-        stack = list(run.children.get(task_id, ()))
-        while stack:
-            child = stack.pop()
-            if child not in seen:
-                seen.add(child)
-                stack.extend(run.children.get(child, ()))
-        state = run.state
-        for dep in sorted(seen):
-            if not state.is_terminal(dep):
-                self._emit(TaskSkipped(state.run_id, state.workflow_id, dep, reason))
 
     # --- a bug while deciding ---------------------------------------------------------------
 
@@ -627,6 +472,15 @@ class SchedulerCore:
             f"the scheduler failed while deciding about this run: {type(exc).__name__}: {exc}",
             text,
         )
+        # A batch shared with other runs fails for them too: none may wait for it forever.
+        run_ids = set(run_ids)
+        while True:
+            shared = set().union(
+                *(r.item.run_ids for r in self._running.values() if r.item.run_ids & run_ids)
+            )
+            if shared <= run_ids:
+                break
+            run_ids |= shared
         for key, running in list(self._running.items()):
             if running.item.run_ids & run_ids:
                 del self._running[key]
@@ -636,18 +490,9 @@ class SchedulerCore:
                     node, reqs = running.node, running.item.requirements
                     self._rm.release_task_resources(node.node_id, reqs, node.gpu_ids)
         for run_id in run_ids:
-            run = self._runs.get(run_id)
-            if run is None:
-                continue
-            self._waiting.drop_run(run_id)
             self._pending.remove_run(run_id)
             self._batches.remove_run(run_id)
-            state = run.state
-            for task_id, task in list(state.tasks.items()):
-                if not task.status.terminal:
-                    self._emit(
-                        TaskFailed(run_id, state.workflow_id, task_id, task.task_name, error)
-                    )
+            self._runs.fail_open_tasks(run_id, error)
         self.dirty = True
 
     # --- nodes ------------------------------------------------------------------------------

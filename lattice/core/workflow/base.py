@@ -370,6 +370,8 @@ class Workflow:
         """The tasks not in ``completed`` whose upstream tasks all are, in workflow order: what
         may run once ``completed`` have finished (with nothing completed, the start tasks).
         A pure query of the DAG; the run's state says what has completed."""
+        if not completed:
+            return self.get_start_tasks()
         graph = self._graph
         return [
             task
