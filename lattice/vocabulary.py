@@ -109,11 +109,12 @@ PRIORITY_LEVELS = range(5)
 DEFAULT_PRIORITY = int(Priority.NORMAL)
 
 
-def parse_priority(value: Any) -> int:
-    """A priority as sent: ``None`` (the default, NORMAL), a level number 0-4, or a level
-    name (``"high"``, case-insensitive). Raises LatticeInputError naming the allowed values."""
+def parse_priority(value: Any, default: int = DEFAULT_PRIORITY) -> int:
+    """A priority as sent: ``None`` (``default``: NORMAL unless said otherwise), a level
+    number 0-4, or a level name (``"high"``, case-insensitive). Raises LatticeInputError
+    naming the allowed values."""
     if value is None:
-        return DEFAULT_PRIORITY
+        return default
     if isinstance(value, str):
         try:
             return int(Priority[value.strip().upper()])

@@ -62,6 +62,7 @@ def build_orchestrator(
         store=store or InMemoryEventStore(settings.max_finished_runs),
         local_resources=local,
         max_attempts=settings.max_attempts,
+        priority_aging=settings.priority_aging or None,
         ray_head_port=settings.ray_port,
     )
 

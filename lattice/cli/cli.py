@@ -43,6 +43,7 @@ def _head_settings(args: argparse.Namespace) -> ServerSettings:
         cors_origins=tuple(args.cors_origin or ()),
         max_finished_runs=args.max_finished_runs,
         max_attempts=args.max_attempts,
+        priority_aging=args.priority_aging,
         sandbox=sandbox,
         metrics_enabled=not args.no_metrics,
         metrics_exporter=args.metrics_exporter,
@@ -135,6 +136,14 @@ def _add_head_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=3,
         help="dispatches of a task whose node died (default 3)",
+    )
+    p.add_argument(
+        "--priority-aging",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a queued task rises one priority level per SECONDS waited, so idle work never "
+        "starves (default 30; 0 turns aging off)",
     )
     s = p.add_argument_group("sandbox")
     s.add_argument(

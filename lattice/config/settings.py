@@ -45,6 +45,8 @@ class ServerSettings:
     max_finished_runs: int = 1000
     #: dispatches of a task whose node died, before its run fails
     max_attempts: int = 3
+    #: seconds a queued task waits per priority level it gains (0: no aging)
+    priority_aging: float = 30.0
     sandbox: SandboxSpec = field(default_factory=SandboxSpec)
     metrics_enabled: bool = True
     metrics_exporter: str = "prometheus"
@@ -61,6 +63,10 @@ class ServerSettings:
             )
         if self.max_attempts < 1:
             raise LatticeUsageError("max_attempts must be >= 1")
+        if not self.priority_aging >= 0:
+            raise LatticeUsageError(
+                f"priority_aging (--priority-aging) must be >= 0 seconds, got {self.priority_aging}"
+            )
         if self.ray_node_ports is not None and (self.executor != "ray" or self.ray_port is None):
             raise LatticeUsageError(
                 "ray_node_ports (--ray-node-ports) applies to the Ray head this server starts "

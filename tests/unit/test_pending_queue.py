@@ -114,3 +114,66 @@ def test_iteration_is_in_dispatch_order() -> None:
     q.push(item("normal"))
 
     assert [names(i) for i in q] == [["high"], ["normal"], ["low"]]
+
+
+# --- aging and fairness ---------------------------------------------------------------------
+
+
+def test_a_waiting_task_rises_one_level_per_aging_interval() -> None:
+    q = PendingQueue(aging=10.0)
+    idle = item("idle", priority=4)
+    idle.since = 0.0
+    q.push(idle)
+
+    assert [q.effective_priority(idle, t) for t in (0, 9.9, 10, 25, 40, 1000)] == [4, 4, 3, 2, 0, 0]
+
+
+def test_an_idle_task_overtakes_a_steady_stream_of_normal_work_after_two_intervals() -> None:
+    q = PendingQueue(aging=10.0)
+    idle = item("idle", priority=4)
+    q.push(idle)  # since 0
+    started: list[tuple[float, str]] = []
+    for step in range(30):  # one NORMAL task arrives and one task starts every second
+        now = float(step)
+        fresh = item(f"n{step}")
+        fresh.since = now
+        q.push(fresh)
+        best = q.best(set(), now)
+        assert best is not None
+        q.pop(best)
+        started.append((now, names(best)[0]))
+
+    (when,) = [t for t, name in started if name == "idle"]
+    assert when == 20.0  # 2 x aging: normal by then, and older than every normal task
+
+
+def test_without_aging_idle_work_waits_for_all_normal_work() -> None:
+    q = PendingQueue()
+    idle = item("idle", priority=4)
+    q.push(idle)
+    q.push(item("n"))
+    assert names(q.best(set(), 1e9)) == ["n"]
+
+
+def test_runs_of_one_priority_take_turns() -> None:
+    q = PendingQueue()
+    for i in range(5):
+        q.push(item(f"big{i}", run_id="big"))
+    for i in range(2):
+        q.push(item(f"small{i}", run_id="small"))
+
+    assert [n[0] for n in drain(q)] == ["big0", "small0", "big1", "small1", "big2", "big3", "big4"]
+
+
+def test_a_requeued_task_goes_first_and_removing_a_run_keeps_the_others_turns() -> None:
+    q = PendingQueue()
+    for run in ("a", "b", "c"):
+        q.push(item(f"{run}1", run_id=run))
+        q.push(item(f"{run}2", run_id=run))
+    lost = item("b0", run_id="b")
+    q.push_front(lost)
+
+    assert names(q.best(set())) == ["b0"]
+    assert [t.task_id for t in q.remove_run("b")] == ["b0", "b1", "b2"]
+    assert [n[0] for n in drain(q)] == ["a1", "c1", "a2", "c2"]
+    assert len(q) == 0

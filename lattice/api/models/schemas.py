@@ -46,7 +46,8 @@ class TaskConfigBody(_Body):
     resources: dict[str, Any] | None = None
     batch_config: dict[str, Any] | None = None
     #: not in spec/002: 0 (critical) .. 4 (idle), default 2
-    priority: int | None = None
+    #: 0-4 or a level name (critical, high, normal, low, idle); unset: the run's priority
+    priority: int | str | None = None
     #: not in spec/002: a stricter sandbox for this task than the server default
     sandbox: SandboxRequest | None = None
 
@@ -98,6 +99,8 @@ class DelTaskRequest(_Body):
 
 class RunWorkflowRequest(_Body):
     workflow_id: str
+    #: the default of every task that sets none (0-4 or a level name; unset: normal)
+    priority: int | str | None = None
 
 
 class RunWorkflowResponse(StatusResponse):
@@ -114,6 +117,8 @@ class AddLangGraphTaskRequest(_Body):
     task_name: str
     code_ser: str = Field(validation_alias=AliasChoices("code_ser", "serialized_code"))
     resources: dict[str, Any] | None = None
+    #: 0-4 or a level name; unset: normal
+    priority: int | str | None = None
 
 
 class RunLangGraphTaskRequest(_Body):

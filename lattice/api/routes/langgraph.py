@@ -23,7 +23,12 @@ class _NodeFailed(TaskFailedError):
 @router.post("/add_langgraph_task", response_model=AddTaskResponse)
 async def add_langgraph_task(body: AddLangGraphTaskRequest, orch: Orch) -> AddTaskResponse:
     task_id = orch.add_langgraph_task(
-        body.workflow_id, body.task_type, body.task_name, body.code_ser, body.resources
+        body.workflow_id,
+        body.task_type,
+        body.task_name,
+        body.code_ser,
+        body.resources,
+        body.priority,
     )
     return AddTaskResponse(task_id=task_id)
 

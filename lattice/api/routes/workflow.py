@@ -139,7 +139,7 @@ async def get_workflow_tasks(workflow_id: str, orch: Orch) -> GetTasksResponse:
 
 @router.post("/run_workflow", response_model=RunWorkflowResponse)
 async def run_workflow(body: RunWorkflowRequest, orch: Orch) -> RunWorkflowResponse:
-    return RunWorkflowResponse(run_id=orch.run_workflow(body.workflow_id))
+    return RunWorkflowResponse(run_id=orch.run_workflow(body.workflow_id, body.priority))
 
 
 @router.websocket("/get_workflow_res/{workflow_id}/{run_id}")

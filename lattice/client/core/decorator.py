@@ -55,7 +55,7 @@ def task(
     batch_size: int | None = None,
     batch_timeout: float | None = None,
     *,
-    priority: int | None = None,
+    priority: int | str | None = None,
     sandbox: str | None = None,
     cpu_time_limit: float | None = None,
     memory_limit_mb: int | None = None,
@@ -65,7 +65,9 @@ def task(
 
     ``resources``: ``cpu`` (may be fractional), ``cpu_mem`` (MB), ``gpu``, ``gpu_mem`` (MB per
     GPU). ``batch_size``/``batch_timeout`` make it batchable: it then receives a list of input
-    dicts and returns a list of output dicts. ``priority`` 0 (critical) .. 4 (idle).
+    dicts and returns a list of output dicts. ``priority``: ``0``/``"critical"``,
+    ``1``/``"high"``, ``2``/``"normal"``, ``3``/``"low"``, ``4``/``"idle"`` (unset: the run's,
+    normal unless ``run(priority=...)`` says otherwise).
     ``sandbox`` ("subprocess", "seccomp", "docker") and the limits ask for stricter isolation
     than the server's default. Every argument is checked here: a mistake raises
     LatticeInputError (a ValueError) naming it.
@@ -80,8 +82,7 @@ def task(
             "batch_timeout": 1.0 if batch_timeout is None else batch_timeout,
         }
         BatchConfig.parse(batch)
-    if priority is not None:
-        parse_priority(priority)
+    prio = None if priority is None else parse_priority(priority)
     sandbox_cfg = None
     if sandbox is not None or cpu_time_limit is not None or memory_limit_mb is not None:
         level = SandboxLevel.parse(sandbox or "subprocess")
@@ -106,7 +107,7 @@ def task(
             outputs=out_names,
             resources=dict(resources or {}),
             batch_config=batch,
-            priority=priority,
+            priority=prio,
             sandbox=sandbox_cfg,
         )
         return TaskFunction(func, meta)

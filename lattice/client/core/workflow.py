@@ -18,6 +18,7 @@ from lattice.exceptions import (
     TaskFailedError,
 )
 from lattice.serialization import decode_value, encode_value
+from lattice.vocabulary import parse_priority
 
 
 def _input_params(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -187,12 +188,20 @@ class LatticeWorkflow:
 
     # --- running ----------------------------------------------------------------------------
 
-    def run(self) -> str:
-        """Send what is buffered (:meth:`flush`), start a run; return its run id at once."""
+    def run(self, priority: int | str | None = None) -> str:
+        """Send what is buffered (:meth:`flush`), start a run; return its run id at once.
+
+        ``priority`` (``0``-``4`` or ``"critical"``, ``"high"``, ``"normal"``, ``"low"``,
+        ``"idle"``) is the priority of every task of the run that sets none of its own.
+
+        Raises:
+            LatticeInputError: an unknown priority, before anything is sent.
+        """
+        body: dict[str, Any] = {"workflow_id": self.workflow_id}
+        if priority is not None:
+            body["priority"] = parse_priority(priority)
         self.flush()
-        return str(
-            self._transport.post("/run_workflow", {"workflow_id": self.workflow_id})["run_id"]
-        )
+        return str(self._transport.post("/run_workflow", body)["run_id"])
 
     def cancel(self, run_id: str) -> None:
         self._transport.post(f"/runs/{run_id}/cancel")

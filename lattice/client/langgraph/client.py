@@ -36,6 +36,7 @@ from lattice.exceptions import (
     TaskErrorInfo,
     TaskFailedError,
 )
+from lattice.vocabulary import parse_priority
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -110,6 +111,7 @@ class LangGraphClient:
         cpu_mem: float | None = None,
         gpu_mem: float | None = None,
         name: str | None = None,
+        priority: int | str | None = None,
     ) -> Callable[[F], F]: ...
 
     def task(
@@ -123,6 +125,7 @@ class LangGraphClient:
         cpu_mem: float | None = None,
         gpu_mem: float | None = None,
         name: str | None = None,
+        priority: int | str | None = None,
     ) -> F | Callable[[F], F]:
         """Make a LangGraph node run on the cluster.
 
@@ -133,20 +136,24 @@ class LangGraphClient:
         it would; a sync node stays sync and an ``async def`` node stays async.
 
         ``name`` is the task name on the server (default: the function's name).
+        ``priority``: ``0``-``4`` or ``"critical"``, ``"high"``, ``"normal"`` (the default),
+        ``"low"``, ``"idle"``.
 
         Raises:
             InvalidResourceError (a ValueError): an unknown resource key, named in the
                 message, or a bad value. Raised here, at decoration.
             LatticeUsageError: the node takes a ``store`` parameter (a store cannot be used
                 from a worker).
+            LatticeInputError (a ValueError): an unknown priority.
         """
         spec = node_resources(resources, cpu=cpu, gpu=gpu, cpu_mem=cpu_mem, gpu_mem=gpu_mem)
+        level = None if priority is None else parse_priority(priority)
 
         def decorate(f: F) -> F:
             if not callable(f):
                 raise LatticeUsageError(f"@task decorates a function, got {f!r}")
             node_name = name or getattr(f, "__name__", None) or type(f).__name__
-            return self._wrap(f, RemoteNode(f, node_name, spec))
+            return self._wrap(f, RemoteNode(f, node_name, spec, level))
 
         return decorate(func) if func is not None else decorate
 
@@ -263,13 +270,15 @@ class LangGraphClient:
                 return registration
             if node.code_ser is None:
                 node.code_ser = self._pickler.dumps_b64(NodeShim(node.func, node.name))
-            body = {
+            body: dict[str, Any] = {
                 "workflow_id": workflow_id,
                 "task_type": "langgraph",
                 "task_name": node.name,
                 "code_ser": node.code_ser,
                 "resources": node.resources,
             }
+            if node.priority is not None:
+                body["priority"] = node.priority
             task_id = str(self._transport.post("/add_langgraph_task", body)["task_id"])
             node.registration = Registration(workflow_id, task_id)
             return node.registration

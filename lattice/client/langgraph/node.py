@@ -69,12 +69,17 @@ class RemoteNode:
     call (thread-safe), and again if the server forgot it (a restarted server)."""
 
     def __init__(
-        self, func: Callable[..., Any], name: str, resources: dict[str, Any] | None
+        self,
+        func: Callable[..., Any],
+        name: str,
+        resources: dict[str, Any] | None,
+        priority: int | None = None,
     ) -> None:
         _check_signature(func, name)
         self.func = func
         self.name = name
         self.resources = resources
+        self.priority = priority
         self.is_async = inspect.iscoroutinefunction(func)
         self.lock = threading.Lock()
         self.registration: Registration | None = None

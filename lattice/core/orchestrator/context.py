@@ -34,7 +34,7 @@ from lattice.core.scheduler.messages import (
 from lattice.core.workflow.base import CodeTask, Workflow
 from lattice.core.workflow.inputs import InputSchema
 from lattice.exceptions import TaskErrorInfo
-from lattice.vocabulary import ErrorKind
+from lattice.vocabulary import DEFAULT_PRIORITY, ErrorKind
 
 
 class BaseContext(ABC):
@@ -45,7 +45,11 @@ class BaseContext(ABC):
         """An event the scheduler decided for this run."""
 
 
-def code_task_runtime(run_id: str, task: CodeTask) -> CodeTaskRuntime:
+def code_task_runtime(
+    run_id: str, task: CodeTask, run_priority: int = DEFAULT_PRIORITY
+) -> CodeTaskRuntime:
+    """The runtime of ``task`` in run ``run_id``; a task that sets no priority takes the
+    run's."""
     assert task.code is not None, "run_workflow checks every task is saved"
     return CodeTaskRuntime(
         run_id=run_id,
@@ -55,7 +59,7 @@ def code_task_runtime(run_id: str, task: CodeTask) -> CodeTaskRuntime:
         code=task.code,
         code_id=task.code_id,
         requirements=task.requirements,
-        priority=task.priority,
+        priority=run_priority if task.priority is None else task.priority,
         sandbox=task.sandbox,
         outputs=task.outputs,
         user_inputs={p.key: p.value for p in task.inputs if p.schema is InputSchema.FROM_USER},
@@ -76,8 +80,10 @@ class RunContext(BaseContext):
         log: RunLog,
         observer: EngineObserver,
         on_finished: Callable[[RunContext], None],
+        priority: int = DEFAULT_PRIORITY,
     ) -> None:
         self.run_id = run_id
+        self.priority = priority
         self.workflow = workflow
         self.log = log
         self._bus = message_bus
@@ -101,7 +107,8 @@ class RunContext(BaseContext):
         for task in workflow.tasks():
             assert isinstance(task, CodeTask)
             after = frozenset() if task.task_id in ready else frozenset(upstream[task.task_id])
-            entries.append(RunTaskData(code_task_runtime(self.run_id, task), after))
+            runtime = code_task_runtime(self.run_id, task, self.priority)
+            entries.append(RunTaskData(runtime, after))
         self._bus.send_to_scheduler(
             Message(
                 MessageType.RUN_TASKS,

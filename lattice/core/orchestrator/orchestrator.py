@@ -51,6 +51,7 @@ from lattice.exceptions import (
 from lattice.executor.base import ExecutorBackend
 from lattice.serialization import decode_code
 from lattice.utils.memory import return_free_memory
+from lattice.vocabulary import parse_priority
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Orchestrator:
         local_resources: NodeResources | None = None,
         max_attempts: int = 3,
         ray_head_port: int | None = None,
+        priority_aging: float | None = None,
     ) -> None:
         self.executor = executor
         self.ray_head_port = ray_head_port
@@ -72,6 +74,7 @@ class Orchestrator:
         self._store = store or InMemoryEventStore()
         self._local_resources = local_resources
         self._max_attempts = max_attempts
+        self._priority_aging = priority_aging
         self._message_bus: MessageBus | None = None
         self._scheduler: Scheduler | None = None
         self.resource_manager = ResourceManager()
@@ -95,6 +98,7 @@ class Orchestrator:
             self.resource_manager,
             self._observer,
             max_attempts=self._max_attempts,
+            priority_aging=self._priority_aging,
         )
         self._scheduler.start()
         if not self._message_bus.wait_ready(ready_timeout):
@@ -209,19 +213,24 @@ class Orchestrator:
         task_name: str,
         code_ser: str,
         resources: dict[str, Any] | None,
+        priority: int | str | None = None,
     ) -> str:
         workflow = self.get_workflow(workflow_id)
         if TaskType.parse(task_type) is not TaskType.LANGGRAPH:
             raise LatticeInputError(f"Invalid task type {task_type!r}; expected 'langgraph'")
         task_id = str(uuid.uuid4())
-        task = LangGraphTask.create(workflow_id, task_id, task_name, code_ser, resources)
+        task = LangGraphTask.create(
+            workflow_id, task_id, task_name, code_ser, resources, parse_priority(priority)
+        )
         workflow.add_task(task_id, task)
         return task_id
 
     # --- runs -------------------------------------------------------------------------------
 
-    def run_workflow(self, workflow_id: str) -> str:
-        """Start a run on a copy of the workflow; return its run id."""
+    def run_workflow(self, workflow_id: str, priority: int | str | None = None) -> str:
+        """Start a run on a copy of the workflow; return its run id. ``priority`` (a level
+        or its name) is the default of every task that sets none."""
+        run_priority = parse_priority(priority)
         workflow = self.get_workflow(workflow_id)
         unsaved = [t.task_id for t in workflow.code_tasks() if not t.saved]
         if unsaved:
@@ -235,7 +244,9 @@ class Orchestrator:
         run_log = self._store.create(
             run_id, workflow_id, [(t.task_id, t.task_name) for t in copy.tasks()]
         )
-        ctx = RunContext(run_id, copy, self._bus, run_log, self._observer, self._on_run_finished)
+        ctx = RunContext(
+            run_id, copy, self._bus, run_log, self._observer, self._on_run_finished, run_priority
+        )
         self._run_contexts[run_id] = ctx
         self._observer.run_started(run_id, workflow_id)
         ctx.submit_start_tasks()
@@ -292,6 +303,7 @@ class Orchestrator:
             code=task.code,
             code_id=task.code_id,
             requirements=task.requirements,
+            priority=task.priority,
             serialized_args=raw_args,
             serialized_kwargs=raw_kwargs,
         )

@@ -85,14 +85,21 @@ class SchedulerCore:
     """The scheduler's state and decisions. One thread calls it; it does no I/O."""
 
     def __init__(
-        self, resources: ResourceManager, *, max_attempts: int = 3, pipelines: bool = False
+        self,
+        resources: ResourceManager,
+        *,
+        max_attempts: int = 3,
+        pipelines: bool = False,
+        priority_aging: float | None = None,
     ) -> None:
+        """``priority_aging``: seconds a queued task waits per priority level it gains (see
+        scheduler.pending; None: no aging)."""
         self._rm = resources
         self._max_attempts = max_attempts
         self._pipelines = pipelines
         self._out: list[Command] = []
         self._runs = RunBook(self._out)
-        self._pending = PendingQueue()
+        self._pending = PendingQueue(priority_aging)
         self._batches = BatchCollector()
         self._running: dict[str, _Running] = {}
         #: key of a submission -> key of the one chained behind it
@@ -139,12 +146,16 @@ class SchedulerCore:
             first = batch[0]
             self._pending.push(
                 PendingItem(
-                    list(batch), first.requirements, min(t.priority for t in batch), batched=True
+                    list(batch),
+                    first.requirements,
+                    min(t.priority for t in batch),
+                    batched=True,
+                    since=min(t.enqueued_at for t in batch),
                 )
             )
         blocked: set[Shape] = set()
         while True:
-            item = self._pending.best(blocked)
+            item = self._pending.best(blocked, now)
             if item is None:
                 break
             try:
@@ -210,7 +221,9 @@ class SchedulerCore:
         if isinstance(task, CodeTaskRuntime) and task.batch is not None:
             self._batches.add_task(task.batch_group, task, task.batch, self._now)
         else:
-            self._pending.push(PendingItem([task], task.requirements, task.priority))
+            self._pending.push(
+                PendingItem([task], task.requirements, task.priority, since=self._now)
+            )
         self.dirty = True
 
     def _place(self, item: PendingItem) -> bool:
@@ -427,6 +440,7 @@ class SchedulerCore:
                     item.priority,
                     item.batched,
                     avoid=item.avoid | {node.node_id},
+                    since=item.since,
                 )
             )
             return _Settled.REQUEUED

@@ -67,6 +67,7 @@ class Scheduler:
         observer: EngineObserver | None = None,
         max_attempts: int = 3,
         clock: Callable[[], float] = time.monotonic,
+        priority_aging: float | None = None,
     ) -> None:
         self._bus = message_bus
         self._executor = executor
@@ -74,7 +75,10 @@ class Scheduler:
         self._observer = observer or EngineObserver()
         self._clock = clock
         self.core = SchedulerCore(
-            resource_manager, max_attempts=max_attempts, pipelines=executor.pipelines
+            resource_manager,
+            max_attempts=max_attempts,
+            pipelines=executor.pipelines,
+            priority_aging=priority_aging,
         )
         #: the executor's handle of every submission it took, by key
         self._handles: dict[str, TaskHandle] = {}

@@ -76,7 +76,7 @@ class CodeTaskConfig:
     code_str: str | None = None
     resources: dict[str, Any] | None = None
     batch_config: dict[str, Any] | None = None
-    priority: int | None = None
+    priority: int | str | None = None
     sandbox: SandboxSpec | None = None
 
 
@@ -90,7 +90,8 @@ class CodeTask(BaseTask):
     code: bytes | None = None
     code_id: str = ""
     batch: BatchConfig | None = None
-    priority: int = DEFAULT_PRIORITY
+    #: its own level, or None to take its run's (NORMAL unless the run says otherwise)
+    priority: int | None = None
     sandbox: SandboxSpec | None = None
 
     @property
@@ -110,7 +111,7 @@ class CodeTask(BaseTask):
         outputs = parse_task_output(config.task_output)
         requirements = TaskResourceRequirements.from_dict(config.resources)
         batch = BatchConfig.parse(config.batch_config)
-        prio = parse_priority(config.priority)
+        prio = None if config.priority is None else parse_priority(config.priority)
         # All valid: commit.
         self.config = config
         self.inputs, self.outputs, self.requirements = inputs, outputs, requirements
@@ -145,6 +146,7 @@ class LangGraphTask(BaseTask):
     code: bytes = b""
     code_id: str = ""
     requirements: TaskResourceRequirements = field(default_factory=TaskResourceRequirements)
+    priority: int = DEFAULT_PRIORITY
 
     @classmethod
     def create(
@@ -154,6 +156,7 @@ class LangGraphTask(BaseTask):
         task_name: str,
         serialized_code: str,
         resources: dict[str, Any] | None,
+        priority: int = DEFAULT_PRIORITY,
     ) -> LangGraphTask:
         code = decode_code(serialized_code)
         requirements = TaskResourceRequirements.from_dict(resources)
@@ -166,6 +169,7 @@ class LangGraphTask(BaseTask):
             code=code,
             code_id=code_digest(code),
             requirements=requirements,
+            priority=priority,
         )
 
     @property

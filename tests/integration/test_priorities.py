@@ -1,0 +1,111 @@
+"""Named priorities through the SDK and raw JSON, on a head with one CPU slot."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from lattice import LatticeClient, LatticeInputError, task
+from lattice.client.core.decorator import TaskFunction
+from lattice.config.settings import ServerSettings
+from tests.integration.raw_api import code_ser
+from tests.integration.server_fixture import Gate, InProcessServer
+
+LEVELS = ["idle", "low", "normal", "high", "critical"]
+
+
+def pass_gate(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.settimeout(30)
+        if conn.recv(2) != b"go":
+            raise RuntimeError("the gate was closed")
+
+
+@task(inputs=["gate"], outputs=["y"], resources={"cpu": 1})
+def hold(params: dict[str, int]) -> int:
+    pass_gate(params["gate"])
+    return 0
+
+
+def level_task(level: str) -> TaskFunction:
+    def work(params: dict[str, str]) -> str:
+        return params["x"]
+
+    work.__name__ = f"work_{level}"
+    return task(inputs=["x"], outputs=["y"], resources={"cpu": 1}, priority=level)(work)
+
+
+@pytest.fixture(scope="module")
+def one_slot() -> Iterator[InProcessServer]:
+    with InProcessServer(ServerSettings(executor="local", num_cpus=1)) as server:
+        yield server
+
+
+def start_order(messages: list[dict]) -> list[str]:
+    return [m["data"]["task_name"] for m in messages if m["type"] == "start_task"]
+
+
+def test_queued_tasks_of_all_five_levels_start_in_priority_order(
+    one_slot: InProcessServer, gate: Gate
+) -> None:
+    with LatticeClient(one_slot.url) as client:
+        busy = client.create_workflow()
+        busy.add_task(hold, inputs={"gate": gate.port})
+        busy_run = busy.run()
+
+        wf = client.create_workflow()
+        for level in LEVELS:  # added lowest first
+            wf.add_task(level_task(level), inputs={"x": level})
+        run_id = wf.run()
+        gate.open()
+
+        assert busy.get_outputs(busy_run)
+        messages = wf.get_results(run_id)
+    assert start_order(messages) == [f"work_{lv}" for lv in reversed(LEVELS)]
+
+
+@task(inputs=["x"], outputs=["at"], resources={"cpu": 1})
+def started_at(params: dict[str, str]) -> float:
+    return time.monotonic()  # the head is this process: one clock for every task
+
+
+def test_a_run_priority_is_the_default_of_its_tasks(one_slot: InProcessServer, gate: Gate) -> None:
+    with LatticeClient(one_slot.url) as client:
+        busy = client.create_workflow()
+        busy.add_task(hold, inputs={"gate": gate.port})
+        busy_run = busy.run()
+        later, urgent = client.create_workflow(), client.create_workflow()
+        t_later = later.add_task(started_at, inputs={"x": "later"})
+        t_urgent = urgent.add_task(started_at, inputs={"x": "urgent"})
+        later_run = later.run()  # normal, and queued first
+        urgent_run = urgent.run(priority="high")
+        gate.open()
+        busy.get_outputs(busy_run)
+        at_later = later.get_outputs(later_run)[t_later]["at"]
+        at_urgent = urgent.get_outputs(urgent_run)[t_urgent]["at"]
+    assert at_urgent < at_later
+
+
+def test_priorities_are_taken_by_name_or_number_in_raw_json_and_bad_ones_refused(
+    one_slot: InProcessServer,
+) -> None:
+    with httpx.Client(base_url=one_slot.url) as http:
+        wf = http.post("/create_workflow").json()["workflow_id"]
+        bad = http.post("/run_workflow", json={"workflow_id": wf, "priority": "urgent"})
+        assert bad.status_code == 400
+        assert "priority must be a level from 0 to 4 or its name" in bad.text
+        assert http.post("/run_workflow", json={"workflow_id": wf, "priority": "HIGH"}).is_success
+        assert http.post("/run_workflow", json={"workflow_id": wf, "priority": 4}).is_success
+        node = {"workflow_id": wf, "task_name": "node", "code_ser": code_ser(started_at.func)}
+        ok = http.post("/add_langgraph_task", json={**node, "priority": "low"})
+        assert ok.is_success
+        refused = http.post("/add_langgraph_task", json={**node, "priority": 9})
+        assert refused.status_code == 400 and "priority" in refused.text
+        names = [t["task_name"] for t in http.get(f"/get_workflow_tasks/{wf}").json()["tasks"]]
+        assert names == ["node"]  # the refused one changed nothing
+    with pytest.raises(LatticeInputError, match="priority"):
+        task(inputs=["x"], outputs=["y"], priority="soon")
