@@ -18,7 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from lattice import __version__
 from lattice.api.errors import install_error_handlers
 from lattice.api.guard import BodyLimit, TokenGuard
-from lattice.api.routes import langgraph, runs, worker, workflow
+from lattice.api.routes import langgraph, queue, runs, worker, workflow
 from lattice.config.settings import ServerSettings
 from lattice.core.observer import EngineObserver
 from lattice.core.orchestrator.orchestrator import Orchestrator
@@ -127,7 +127,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (workflow, langgraph, worker, runs):
+    for module in (workflow, langgraph, worker, runs, queue):
         app.include_router(module.router)
     # Each add_middleware wraps the ones before it: the token check runs before anything
     # reads the body; CORS wraps even the token check, because a browser's preflight never

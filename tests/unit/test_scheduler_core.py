@@ -22,6 +22,7 @@ from lattice.core.scheduler.messages import (
     StartWorkerData,
     StopWorkerData,
 )
+from lattice.core.scheduler.queue_view import QueueState
 from lattice.executor.base import TaskOutcome
 from lattice.vocabulary import BatchConfig
 from tests.unit.scheduler_driver import Driver, GiB, task
@@ -390,3 +391,27 @@ def test_an_open_ended_run_takes_tasks_one_at_a_time_until_cleared() -> None:
     assert d.running[d.key_of("b")].upstream_inputs == {"in_a": 1}
     d.finish("b")
     assert d.of("call", RunFinished) == []
+
+
+def test_the_queue_view_says_where_each_open_task_is_and_why() -> None:
+    d = Driver(cpus=1)
+    batch = BatchConfig(batch_size=5, batch_timeout=10.0)
+    d.run(
+        "r1",
+        [task("run"), task("queued", priority=4), task("after", reads=["run"])],
+        {"after": {"run"}},
+    )
+    d.run("r2", [task("b", "r2", batch=batch, name="batched")], {})
+    d.now = 4.0
+
+    view = {t.task_id: t for t in d.core.queue_view(d.now).tasks}
+
+    assert view["run"].state is QueueState.RUNNING and view["run"].node_id == d.node_id
+    assert view["queued"].state is QueueState.WAITING_FOR_RESOURCES
+    assert view["queued"].waited == 4.0 and view["queued"].priority == 4
+    assert "local: 0 of cpu=1 free" in (view["queued"].reason or "")
+    assert view["after"].state is QueueState.WAITING_FOR_INPUTS and view["after"].waited == 0
+    assert view["b"].state is QueueState.IN_BATCH
+    assert view["b"].reason == "in a batch of 1/5, due in 6.00s"
+    status = d.core.queue_view(d.now).status()
+    assert status["total"] == 4 and status["by_priority"]["idle"] == 1

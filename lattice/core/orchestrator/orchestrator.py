@@ -26,11 +26,13 @@ from lattice.core.scheduler.message_bus import MessageBus
 from lattice.core.scheduler.messages import (
     Message,
     MessageType,
+    QueueQueryData,
     RunControlData,
     RunTaskData,
     StartWorkerData,
     StopWorkerData,
 )
+from lattice.core.scheduler.queue_view import QueueView
 from lattice.core.scheduler.scheduler import Scheduler
 from lattice.core.workflow.base import (
     BaseTask,
@@ -43,6 +45,7 @@ from lattice.core.workflow.base import (
 )
 from lattice.exceptions import (
     LatticeInputError,
+    LatticeTimeoutError,
     LatticeUsageError,
     OrchestratorNotInitializedError,
     RunNotFoundError,
@@ -332,6 +335,24 @@ class Orchestrator:
 
     def remove_worker(self, node_id: str) -> None:
         self._bus.send_to_scheduler(Message(MessageType.STOP_WORKER, StopWorkerData(node_id)))
+
+    async def queue_view(self, timeout: float = 10.0) -> QueueView:
+        """What is queued and why, as the scheduler sees it now (asked on its thread)."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[QueueView] = loop.create_future()
+
+        def settle(view: QueueView) -> None:
+            if not answer.done():
+                answer.set_result(view)
+
+        def reply(view: QueueView) -> None:
+            loop.call_soon_threadsafe(settle, view)
+
+        self._bus.send_to_scheduler(Message(MessageType.QUEUE_QUERY, QueueQueryData(reply)))
+        try:
+            return await asyncio.wait_for(answer, timeout)
+        except TimeoutError:
+            raise LatticeTimeoutError(f"the scheduler did not answer within {timeout}s") from None
 
     def nodes(self) -> list[dict[str, Any]]:
         """Every node as the scheduler last published it (safe from this thread)."""

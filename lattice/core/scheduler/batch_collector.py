@@ -71,5 +71,9 @@ class BatchCollector:
                 del self._groups[key]
         return removed
 
+    def groups(self) -> list[tuple[list[CodeTaskRuntime], int, float]]:
+        """Each open batch: its tasks, the size it waits for, and when it is due."""
+        return [(list(g.tasks), g.config.batch_size, g.deadline) for g in self._groups.values()]
+
     def pending_count(self) -> int:
         return sum(len(g.tasks) for g in self._groups.values())

@@ -48,6 +48,7 @@ from lattice.core.scheduler.messages import (
     TaskDoneData,
 )
 from lattice.core.scheduler.pending import PendingItem, PendingQueue, Shape
+from lattice.core.scheduler.queue_view import QueuedTask, QueueState, QueueView, why_no_room
 from lattice.core.scheduler.runs import RunBook
 from lattice.core.scheduler.submission import build_submission, split_outcome
 from lattice.exceptions import InvalidReferenceError, NodeNotFoundError, TaskErrorInfo
@@ -176,6 +177,54 @@ class SchedulerCore:
 
     def queued_count(self) -> int:
         return len(self._pending) + self._batches.pending_count()
+
+    def queue_view(self, now: float) -> QueueView:
+        """Every task of a live run that has not ended: where it is and why it waits."""
+        out: list[QueuedTask] = []
+
+        def entry(
+            task: BaseTaskRuntime,
+            state: QueueState,
+            reason: str | None,
+            effective: int | None = None,
+            node_id: str | None = None,
+        ) -> QueuedTask:
+            ready = state is not QueueState.WAITING_FOR_INPUTS
+            return QueuedTask(
+                task.run_id,
+                task.workflow_id,
+                task.task_id,
+                task.task_name,
+                task.priority,
+                task.priority if effective is None else effective,
+                state,
+                max(0.0, now - task.enqueued_at) if ready else 0.0,
+                task.requirements.to_dict(),
+                reason,
+                node_id,
+            )
+
+        for task, remaining in self._runs.waiting.entries():
+            reason = f"waits for {len(remaining)} upstream task(s): {', '.join(sorted(remaining))}"
+            out.append(entry(task, QueueState.WAITING_FOR_INPUTS, reason))
+        nodes = self._rm.nodes()
+        for item in self._pending:
+            why = why_no_room(item.requirements, nodes)
+            level = self._pending.effective_priority(item, now)
+            out.extend(entry(t, QueueState.WAITING_FOR_RESOURCES, why, level) for t in item.tasks)
+        for tasks, size, due in self._batches.groups():
+            reason = f"in a batch of {len(tasks)}/{size}, due in {max(0.0, due - now):.2f}s"
+            out.extend(entry(t, QueueState.IN_BATCH, reason) for t in tasks)
+        for running in self._running.values():
+            chained = running.after is not None
+            state = QueueState.WAITING_FOR_INPUTS if chained else QueueState.RUNNING
+            waits = "chained behind its running upstream task" if chained else None
+            out.extend(
+                entry(t, state, waits, node_id=running.node.node_id)
+                for t in running.item.tasks
+                if self._runs.live(t)
+            )
+        return QueueView(tuple(out))
 
     def run_state(self, run_id: str) -> RunState | None:
         """The core's fold of a live run (None once it finished)."""

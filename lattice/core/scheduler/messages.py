@@ -7,6 +7,7 @@ sent under the message type of the same name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -46,6 +47,8 @@ class MessageType(Enum):
     NODES_CHANGED = "nodes_changed"
     #: scheduler thread -> its core: what the executor says the cluster is now (internal)
     NODES_OBSERVED = "nodes_observed"
+    #: orchestrator -> scheduler thread: what is queued and why (answered by a callback)
+    QUEUE_QUERY = "queue_query"
     # LLM instances
     START_LLM_INSTANCE = "start_llm_instance"
     STOP_LLM_INSTANCE = "stop_llm_instance"
@@ -119,6 +122,12 @@ class NodesObservedData:
 
 
 @dataclass(frozen=True)
+class QueueQueryData:
+    #: called on the scheduler thread with the core's QueueView
+    reply: Callable[[Any], None]
+
+
+@dataclass(frozen=True)
 class NoData:
     pass
 
@@ -134,6 +143,7 @@ MessageData = (
     | StartWorkerData
     | StopWorkerData
     | NodesObservedData
+    | QueueQueryData
     | NoData
 )
 

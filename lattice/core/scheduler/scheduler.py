@@ -39,6 +39,7 @@ from lattice.core.scheduler.messages import (
     Message,
     MessageType,
     NodesObservedData,
+    QueueQueryData,
     StartWorkerData,
     SubmitRefusedData,
     SubmittedData,
@@ -120,6 +121,9 @@ class Scheduler:
     def handle(self, message: Message) -> None:
         """Hand one inbox message to the core (after asking the executor what the core needs
         to know about the cluster) and perform what it decides."""
+        if isinstance(message.data, QueueQueryData):
+            message.data.reply(self.core.queue_view(self._clock()))
+            return
         for msg in self._with_observations(message):
             self._perform(self.core.handle(msg, self._clock()))
         if isinstance(message.data, TaskDoneData):

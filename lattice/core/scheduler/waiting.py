@@ -102,5 +102,13 @@ class WaitingTasks:
             # Nothing of the run waits any more: what is left are lists of dropped tasks.
             del self._runs[run_id]
 
+    def entries(self) -> list[tuple[BaseTaskRuntime, frozenset[str]]]:
+        """Every waiting task with the upstream task ids it still waits for."""
+        return [
+            (w.task, frozenset(w.remaining))
+            for run in self._runs.values()
+            for w in run.waiting.values()
+        ]
+
     def __len__(self) -> int:
         return sum(len(run.waiting) for run in self._runs.values())

@@ -1,4 +1,5 @@
-"""Named priorities through the SDK and raw JSON, on a head with one CPU slot."""
+"""The queue: named priorities through the SDK and raw JSON, and what `/queue/*` says waits, on a
+head with one CPU slot."""
 
 from __future__ import annotations
 
@@ -109,3 +110,47 @@ def test_priorities_are_taken_by_name_or_number_in_raw_json_and_bad_ones_refused
         assert names == ["node"]  # the refused one changed nothing
     with pytest.raises(LatticeInputError, match="priority"):
         task(inputs=["x"], outputs=["y"], priority="soon")
+
+
+@task(inputs=["x"], outputs=["y"], resources={"cpu": 1})
+def step(params: dict[str, int]) -> int:
+    return params["x"] + 1
+
+
+def test_the_queue_says_what_waits_and_why(one_slot: InProcessServer, gate: Gate) -> None:
+    with LatticeClient(one_slot.url) as client, httpx.Client(base_url=one_slot.url) as http:
+        busy = client.create_workflow()
+        held = busy.add_task(hold, inputs={"gate": gate.port})
+        busy_run = busy.run()
+        wf = client.create_workflow()
+        first = wf.add_task(step, inputs={"x": 1})
+        second = wf.add_task(step, inputs={"x": first.outputs["y"]})
+        run_id = wf.run()
+        try:
+            status = http.get("/queue/status").json()
+            details = http.get("/queue/details").json()["tasks"]
+            mine = http.get("/queue/details", params={"run_id": run_id}).json()["tasks"]
+        finally:
+            gate.open()
+        busy.get_outputs(busy_run)
+        wf.get_outputs(run_id)
+        after = http.get("/queue/status").json()
+
+    assert status["total"] == 3
+    assert status["by_state"] == {
+        "waiting_for_inputs": 1,
+        "waiting_for_resources": 1,
+        "in_batch": 0,
+        "running": 1,
+    }
+    assert status["by_priority"]["normal"] == 3 and status["by_priority"]["idle"] == 0
+    by_id = {t["task_id"]: t for t in details}
+    assert by_id[held.task_id]["state"] == "running" and by_id[held.task_id]["reason"] is None
+    queued = by_id[first.task_id]
+    assert queued["state"] == "waiting_for_resources"
+    assert queued["priority_name"] == "normal" and queued["requested"]["cpu"] == 1
+    assert "0 of cpu=1 free" in queued["reason"]
+    assert by_id[second.task_id]["state"] == "waiting_for_inputs"
+    assert first.task_id in by_id[second.task_id]["reason"]
+    assert {t["task_id"] for t in mine} == {first.task_id, second.task_id}
+    assert after["total"] == 0
