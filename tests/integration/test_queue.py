@@ -154,3 +154,96 @@ def test_the_queue_says_what_waits_and_why(one_slot: InProcessServer, gate: Gate
     assert first.task_id in by_id[second.task_id]["reason"]
     assert {t["task_id"] for t in mine} == {first.task_id, second.task_id}
     assert after["total"] == 0
+
+
+def test_a_priority_change_moves_a_queued_task_ahead(one_slot: InProcessServer, gate: Gate) -> None:
+    with LatticeClient(one_slot.url) as client, httpx.Client(base_url=one_slot.url) as http:
+        busy = client.create_workflow()
+        held = busy.add_task(hold, inputs={"gate": gate.port})
+        busy_run = busy.run()
+        wf = client.create_workflow()
+        first = wf.add_task(started_at, inputs={"x": "first"})
+        second = wf.add_task(started_at, inputs={"x": "second"})
+        run_id = wf.run()
+        try:
+            moved = http.put(
+                f"/queue/tasks/{second.task_id}/priority", json={"priority": "critical"}
+            )
+            bad = http.put(f"/queue/tasks/{second.task_id}/priority", json={"priority": "soon"})
+            unknown = http.put("/queue/tasks/nope/priority", json={"priority": 1})
+            running = http.put(f"/queue/tasks/{held.task_id}/priority", json={"priority": 1})
+        finally:
+            gate.open()
+        busy.get_outputs(busy_run)
+        outputs = wf.get_outputs(run_id)
+        messages = wf.get_results(run_id)
+
+    assert moved.status_code == 200 and moved.json()["priority"] == 0
+    assert moved.json()["run_id"] == run_id
+    assert bad.status_code == 400 and unknown.status_code == 404
+    assert running.status_code == 409 and "running already" in running.text
+    assert outputs[second]["at"] < outputs[first]["at"]
+    (change,) = [m for m in messages if m["type"] == "task_priority_changed"]
+    assert change["data"] == {
+        "workflow_id": wf.workflow_id,
+        "task_id": second.task_id,
+        "priority": 0,
+        "previous": 2,
+    }
+
+
+def test_deleting_a_queued_task_cancels_it_alone_and_skips_its_dependants(
+    one_slot: InProcessServer, gate: Gate
+) -> None:
+    with LatticeClient(one_slot.url) as client, httpx.Client(base_url=one_slot.url) as http:
+        busy = client.create_workflow()
+        busy.add_task(hold, inputs={"gate": gate.port})
+        busy_run = busy.run()
+        wf = client.create_workflow()
+        doomed = wf.add_task(step, inputs={"x": 1})
+        after = wf.add_task(step, inputs={"x": doomed.outputs["y"]})
+        other = wf.add_task(step, inputs={"x": 10})
+        run_id = wf.run()
+        try:
+            gone = http.delete(f"/queue/tasks/{doomed.task_id}", params={"run_id": run_id})
+            again = http.delete(f"/queue/tasks/{doomed.task_id}", params={"run_id": run_id})
+        finally:
+            gate.open()
+        busy.get_outputs(busy_run)
+        messages = wf.get_results(run_id)
+        summary = http.get(f"/runs/{run_id}").json()["run"]
+
+    assert gone.status_code == 200
+    assert again.status_code in (200, 409)  # 409 once the first cancel is recorded
+    tasks = summary["tasks"]
+    assert tasks[doomed.task_id]["status"] == "cancelled"
+    assert tasks[after.task_id] == {
+        "status": "skipped",
+        "reason": f"upstream task {doomed.task_id} was cancelled",
+    }
+    assert tasks[other.task_id]["status"] == "completed"
+    assert tasks[other.task_id]["result"] == {"y": 11}
+    assert summary["status"] == "cancelled"
+    assert [m["type"] for m in messages].count("task_cancelled") == 1
+
+
+def test_a_running_task_can_be_cancelled_alone(one_slot: InProcessServer, gate: Gate) -> None:
+    with LatticeClient(one_slot.url) as client, httpx.Client(base_url=one_slot.url) as http:
+        wf = client.create_workflow()
+        held = wf.add_task(hold, inputs={"gate": gate.port})
+        after = wf.add_task(step, inputs={"x": held.outputs["y"]})
+        run_id = wf.run()
+        try:
+            started = next(m for m in wf.stream(run_id, timeout=30) if m["type"] == "start_task")
+            assert started["data"]["task_id"] == held.task_id
+            cancelled = http.post(f"/runs/{run_id}/tasks/{held.task_id}/cancel")
+        finally:
+            gate.open()
+        messages = wf.get_results(run_id)
+        summary = http.get(f"/runs/{run_id}").json()["run"]
+        unknown = http.post(f"/runs/{run_id}/tasks/nope/cancel")
+
+    assert cancelled.status_code == 200 and unknown.status_code == 404
+    assert summary["tasks"][held.task_id]["status"] == "cancelled"
+    assert summary["tasks"][after.task_id]["status"] == "skipped"
+    assert "finish_task" not in [m["type"] for m in messages]

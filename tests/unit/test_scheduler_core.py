@@ -11,6 +11,7 @@ from lattice.core.run.events import (
     TaskCancelled,
     TaskFailed,
     TaskFinished,
+    TaskPriorityChanged,
     TaskSkipped,
     TaskStarted,
 )
@@ -21,6 +22,7 @@ from lattice.core.scheduler.messages import (
     RunTaskData,
     StartWorkerData,
     StopWorkerData,
+    TaskControlData,
 )
 from lattice.core.scheduler.queue_view import QueueState
 from lattice.executor.base import TaskOutcome
@@ -415,3 +417,50 @@ def test_the_queue_view_says_where_each_open_task_is_and_why() -> None:
     assert view["b"].reason == "in a batch of 1/5, due in 6.00s"
     status = d.core.queue_view(d.now).status()
     assert status["total"] == 4 and status["by_priority"]["idle"] == 1
+
+
+def control(d: Driver, kind: MessageType, task_id: str, priority: int | None = None) -> None:
+    d.send(kind, TaskControlData("r1", task_id, priority))
+
+
+def test_one_task_is_cancelled_wherever_it_is_and_its_dependants_are_skipped() -> None:
+    d = Driver(cpus=1, pipelines=True)
+    tasks = [
+        task("run"),
+        task("chained", reads=["run"]),
+        task("queued"),
+        task("waits", reads=["queued"]),
+        task("lone"),
+    ]
+    d.run("r1", tasks, {"chained": {"run"}, "waits": {"queued"}})
+    chained_key = d.key_of("chained")
+
+    control(d, MessageType.CANCEL_TASK, "queued")
+    control(d, MessageType.CANCEL_TASK, "chained")
+    assert [e.task_id for e in d.of("r1", TaskCancelled)] == ["queued", "chained"]
+    assert [(s.task_id, s.reason) for s in d.of("r1", TaskSkipped)] == [
+        ("waits", "upstream task queued was cancelled")
+    ]
+    assert d.cancels == [chained_key]
+
+    run_key = d.key_of("run")
+    control(d, MessageType.CANCEL_TASK, "run")
+    assert d.cancels == [chained_key, run_key]
+    d.finish("run")  # it finished anyway: reported cancelled, its result dropped
+    assert [e.task_id for e in d.of("r1", TaskCancelled)] == ["queued", "chained", "run"]
+    d.finish("lone")
+    assert d.finished().status is RunStatus.CANCELLED
+    assert [e.task_id for e in d.of("r1", TaskFinished)] == ["lone"]
+
+
+def test_a_priority_change_requeues_a_task_ahead_and_is_recorded() -> None:
+    d = Driver(cpus=1)
+    d.run("r1", [task("busy"), task("a"), task("b")], {})
+    control(d, MessageType.SET_TASK_PRIORITY, "b", 0)
+    control(d, MessageType.SET_TASK_PRIORITY, "busy", 0)  # running: nothing to change
+
+    (change,) = d.of("r1", TaskPriorityChanged)
+    assert (change.task_id, change.priority, change.previous) == ("b", 0, 2)
+    d.finish("busy")
+    assert [s.task_name for s in d.running.values()] == ["name-b"]
+    assert d.core.run_state("r1").task("b").priority == 0  # type: ignore[union-attr]

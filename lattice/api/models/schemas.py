@@ -103,6 +103,13 @@ class RunWorkflowRequest(_Body):
     priority: int | str | None = None
 
 
+class PriorityRequest(_Body):
+    #: 0-4 or a level name (critical, high, normal, low, idle)
+    priority: int | str
+    #: the run, when several live runs hold the task
+    run_id: str | None = None
+
+
 class RunWorkflowResponse(StatusResponse):
     run_id: str
 

@@ -93,6 +93,14 @@ async def cancel_run(run_id: str, orch: Orch) -> StatusResponse:
     return StatusResponse()
 
 
+@router.post("/runs/{run_id}/tasks/{task_id}/cancel", response_model=StatusResponse)
+async def cancel_task(run_id: str, task_id: str, orch: Orch) -> StatusResponse:
+    """Cancel one task of a run, queued or running; the tasks that depend on it are skipped.
+    404 unknown run or task, 409 the task has ended."""
+    orch.cancel_task(task_id, run_id)
+    return StatusResponse()
+
+
 @router.delete("/runs/{run_id}", response_model=StatusResponse)
 async def retire_run(run_id: str, orch: Orch) -> StatusResponse:
     """Forget a finished run and its results now rather than by the retention limit.

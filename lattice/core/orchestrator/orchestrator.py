@@ -20,7 +20,7 @@ from lattice.core.resource.manager import ResourceManager
 from lattice.core.resource.node import NodeResources
 from lattice.core.run.events import RunEvent
 from lattice.core.run.log import EventStore, InMemoryEventStore, RunLog
-from lattice.core.run.state import InvalidTransition
+from lattice.core.run.state import InvalidTransition, TaskStatus
 from lattice.core.runtime.task import LangGraphTaskRuntime
 from lattice.core.scheduler.message_bus import MessageBus
 from lattice.core.scheduler.messages import (
@@ -31,6 +31,7 @@ from lattice.core.scheduler.messages import (
     RunTaskData,
     StartWorkerData,
     StopWorkerData,
+    TaskControlData,
 )
 from lattice.core.scheduler.queue_view import QueueView
 from lattice.core.scheduler.scheduler import Scheduler
@@ -47,6 +48,7 @@ from lattice.exceptions import (
     LatticeInputError,
     LatticeTimeoutError,
     LatticeUsageError,
+    NotFoundError,
     OrchestratorNotInitializedError,
     RunNotFoundError,
     WorkflowNotFoundError,
@@ -279,6 +281,66 @@ class Orchestrator:
         ctx = self._run_contexts.get(run_id)
         if isinstance(ctx, RunContext):
             ctx.cancel()
+
+    def _open_task(self, task_id: str, run_id: str | None) -> RunLog:
+        """The log of the live run that holds ``task_id`` not yet ended.
+
+        Raises:
+            NotFoundError: no such run, or no such task in it (or in any live run).
+            LatticeUsageError: the task has ended, or (without ``run_id``) several live runs
+                hold it (runs of one workflow share task ids: name the run).
+        """
+        if run_id is not None:
+            run_log = self.get_run_log(run_id)
+            if task_id not in run_log.state.tasks:
+                raise NotFoundError(f"run {run_id} has no task {task_id}")
+            if run_log.state.is_terminal(task_id):
+                status = run_log.state.task(task_id).status.value
+                raise LatticeUsageError(f"task {task_id} of run {run_id} has ended ({status})")
+            return run_log
+        holders = [
+            ctx.log
+            for ctx in self._run_contexts.values()
+            if isinstance(ctx, RunContext)
+            and task_id in ctx.log.state.tasks
+            and not ctx.log.state.is_terminal(task_id)
+        ]
+        if not holders:
+            raise NotFoundError(f"no live run has an open task {task_id}")
+        if len(holders) > 1:
+            runs = ", ".join(sorted(log.run_id for log in holders))
+            raise LatticeUsageError(
+                f"task {task_id} is open in several runs ({runs}); pass run_id to choose one"
+            )
+        return holders[0]
+
+    def set_task_priority(
+        self, task_id: str, priority: int | str, run_id: str | None = None
+    ) -> tuple[str, int]:
+        """Give a task that has not started a new priority; return its run id and the level.
+
+        Raises:
+            LatticeInputError: not a priority. NotFoundError / LatticeUsageError: see
+                :meth:`_open_task`; also LatticeUsageError if it is running already.
+        """
+        level = parse_priority(priority)
+        run_log = self._open_task(task_id, run_id)
+        if run_log.state.task(task_id).status is TaskStatus.RUNNING:
+            raise LatticeUsageError(f"task {task_id} of run {run_log.run_id} is running already")
+        self._bus.send_to_scheduler(
+            Message(MessageType.SET_TASK_PRIORITY, TaskControlData(run_log.run_id, task_id, level))
+        )
+        return run_log.run_id, level
+
+    def cancel_task(self, task_id: str, run_id: str | None = None) -> str:
+        """Cancel one task, queued or running; its dependants are skipped. Return its run id.
+
+        Raises NotFoundError / LatticeUsageError: see :meth:`_open_task`."""
+        run_log = self._open_task(task_id, run_id)
+        self._bus.send_to_scheduler(
+            Message(MessageType.CANCEL_TASK, TaskControlData(run_log.run_id, task_id))
+        )
+        return run_log.run_id
 
     def retire_run(self, run_id: str) -> None:
         """Forget a finished run and its results, and give the memory they held back to the

@@ -138,6 +138,23 @@ class TaskCancelled(TaskEvent):
 
 
 @dataclass(frozen=True)
+class TaskPriorityChanged(TaskEvent):
+    """A queued task's priority was changed (``PUT /queue/tasks/{task_id}/priority``)."""
+
+    kind: ClassVar[str] = "task_priority_changed"
+    priority: int = 2
+    previous: int = 2
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "workflow_id": self.workflow_id,
+            "task_id": self.task_id,
+            "priority": self.priority,
+            "previous": self.previous,
+        }
+
+
+@dataclass(frozen=True)
 class RunFinished(RunEvent):
     """The last event of a run: its outcome and how many tasks ended in each status."""
 
@@ -169,7 +186,15 @@ class RunFinished(RunEvent):
 #: wire ``type`` -> event class
 EVENT_TYPES: dict[str, type[RunEvent]] = {
     cls.kind: cls
-    for cls in (TaskStarted, TaskFinished, TaskFailed, TaskSkipped, TaskCancelled, RunFinished)
+    for cls in (
+        TaskStarted,
+        TaskFinished,
+        TaskFailed,
+        TaskSkipped,
+        TaskCancelled,
+        TaskPriorityChanged,
+        RunFinished,
+    )
 }
 
 

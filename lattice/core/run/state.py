@@ -25,6 +25,7 @@ from lattice.core.run.events import (
     TaskCancelled,
     TaskFailed,
     TaskFinished,
+    TaskPriorityChanged,
     TaskSkipped,
     TaskStarted,
 )
@@ -66,6 +67,8 @@ class TaskState:
     result: Any = None
     error: dict[str, Any] | None = None
     reason: str | None = None
+    #: set once it was changed while queued (else as declared)
+    priority: int | None = None
 
     def view(self) -> dict[str, Any]:
         """What ``GET /runs/{id}`` shows of the task."""
@@ -97,6 +100,7 @@ class RunState:
             TaskFailed: self._apply_task_failed,
             TaskSkipped: self._apply_task_skipped,
             TaskCancelled: self._apply_task_cancelled,
+            TaskPriorityChanged: self._apply_task_priority_changed,
             RunFinished: self._apply_run_finished,
         }
 
@@ -212,6 +216,9 @@ class RunState:
 
     def _apply_task_cancelled(self, event: TaskCancelled) -> None:
         self._end(self._open_task(event.task_id, event.kind), TaskStatus.CANCELLED)
+
+    def _apply_task_priority_changed(self, event: TaskPriorityChanged) -> None:
+        self._open_task(event.task_id, event.kind).priority = event.priority
 
     def _apply_run_finished(self, event: RunFinished) -> None:
         self.finished = event

@@ -75,5 +75,21 @@ class BatchCollector:
         """Each open batch: its tasks, the size it waits for, and when it is due."""
         return [(list(g.tasks), g.config.batch_size, g.deadline) for g in self._groups.values()]
 
+    def find(self, run_id: str, task_id: str) -> CodeTaskRuntime | None:
+        for group in self._groups.values():
+            for task in group.tasks:
+                if task.run_id == run_id and task.task_id == task_id:
+                    return task
+        return None
+
+    def remove_task(self, task: CodeTaskRuntime) -> None:
+        for key in list(self._groups):
+            group = self._groups[key]
+            if task in group.tasks:
+                group.tasks.remove(task)
+                if not group.tasks:
+                    del self._groups[key]
+                return
+
     def pending_count(self) -> int:
         return sum(len(g.tasks) for g in self._groups.values())

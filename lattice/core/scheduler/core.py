@@ -27,9 +27,7 @@ from typing import Any
 
 from lattice.core.resource.manager import ResourceManager
 from lattice.core.resource.node import NodeStatus, SelectedNode
-from lattice.core.run.events import (
-    TaskStarted,
-)
+from lattice.core.run.events import TaskPriorityChanged, TaskStarted
 from lattice.core.run.state import RunState
 from lattice.core.runtime.task import BaseTaskRuntime, CodeTaskRuntime
 from lattice.core.scheduler.batch_collector import BatchCollector
@@ -45,6 +43,7 @@ from lattice.core.scheduler.messages import (
     StopWorkerData,
     SubmitRefusedData,
     SubmittedData,
+    TaskControlData,
     TaskDoneData,
 )
 from lattice.core.scheduler.pending import PendingItem, PendingQueue, Shape
@@ -116,6 +115,8 @@ class SchedulerCore:
             MessageType.SUBMIT_REFUSED: self._on_submit_refused,
             MessageType.STOP_WORKFLOW: self._on_cancel_run,
             MessageType.CLEAR_WORKFLOW: self._on_clear_run,
+            MessageType.SET_TASK_PRIORITY: self._on_set_priority,
+            MessageType.CANCEL_TASK: self._on_cancel_task,
             MessageType.START_WORKER: self._on_add_worker,
             MessageType.STOP_WORKER: self._on_remove_worker,
             MessageType.NODES_OBSERVED: self._on_nodes_observed,
@@ -258,6 +259,88 @@ class SchedulerCore:
                 self._cancel(key, running)
         self._runs.cancel(data.run_id)
         self.dirty = True
+
+    def _on_set_priority(self, data: TaskControlData) -> None:
+        """A task that has not started gets a new priority (where it waits, it keeps its
+        place in time: aging goes on from when it became ready)."""
+        assert data.priority is not None
+        state = self._runs.state(data.run_id)
+        if state is None or state.is_terminal(data.task_id):
+            return
+        task = self._runs.waiting.find(data.run_id, data.task_id) or self._batches.find(
+            data.run_id, data.task_id
+        )
+        item = self._pending_item(data.run_id, data.task_id)
+        if item is not None:
+            task = next(t for t in item.tasks if t.task_id == data.task_id)
+        if task is None:
+            return  # it started meanwhile
+        previous, task.priority = task.priority, data.priority
+        if item is not None:
+            self._pending.pop(item)
+            self._pending.push(
+                PendingItem(
+                    item.tasks,
+                    item.requirements,
+                    min(t.priority for t in item.tasks),
+                    item.batched,
+                    avoid=item.avoid,
+                    since=item.since,
+                )
+            )
+        self._runs.emit(
+            TaskPriorityChanged(
+                task.run_id, task.workflow_id, task.task_id, data.priority, previous
+            )
+        )
+        self.dirty = True
+
+    def _on_cancel_task(self, data: TaskControlData) -> None:
+        """One task is cancelled, wherever it is; what depends on it is skipped."""
+        if not self._runs.cancel_task(data.run_id, data.task_id):
+            return
+        for key, running in list(self._running.items()):
+            mine = [
+                t
+                for t in running.item.tasks
+                if t.run_id == data.run_id and t.task_id == data.task_id
+            ]
+            if not mine:
+                continue
+            if running.after is not None:
+                # Chained and not started: withdraw it (and what is chained behind it).
+                self._followers.pop(running.after, None)
+                upstream = self._running[running.after].item.tasks[0]
+                self._take_back_chain(key, upstream, wait_again=False)
+                self._runs.cancelled(mine[0], "")
+            elif len(running.item.tasks) == 1:
+                self._cancel(key, running)  # reported cancelled when the executor answers
+            return
+        task: BaseTaskRuntime | None = self._runs.waiting.remove(data.run_id, data.task_id)
+        batched = self._batches.find(data.run_id, data.task_id)
+        if batched is not None:
+            self._batches.remove_task(batched)
+            task = batched
+        item = self._pending_item(data.run_id, data.task_id)
+        if item is not None:
+            self._pending.pop(item)
+            task = next(t for t in item.tasks if t.task_id == data.task_id)
+            rest = [t for t in item.tasks if t is not task]
+            if rest:
+                self._pending.push(
+                    PendingItem(
+                        rest, item.requirements, item.priority, item.batched, since=item.since
+                    )
+                )
+        if task is not None:
+            self._runs.cancelled(task, "")
+        self.dirty = True
+
+    def _pending_item(self, run_id: str, task_id: str) -> PendingItem | None:
+        for item in self._pending:
+            if any(t.run_id == run_id and t.task_id == task_id for t in item.tasks):
+                return item
+        return None
 
     def _on_clear_run(self, data: RunControlData) -> None:
         """Forget a run whose owner is gone (a LangGraph call whose client went away)."""

@@ -49,6 +49,11 @@ class MessageType(Enum):
     NODES_OBSERVED = "nodes_observed"
     #: orchestrator -> scheduler thread: what is queued and why (answered by a callback)
     QUEUE_QUERY = "queue_query"
+    #: orchestrator -> scheduler: one task of a run: change its priority, or cancel it
+    SET_TASK_PRIORITY = "set_task_priority"
+    CANCEL_TASK = "cancel_task"
+    #: scheduler -> orchestrator: a queued task's priority changed
+    TASK_PRIORITY_CHANGED = "task_priority_changed"
     # LLM instances
     START_LLM_INSTANCE = "start_llm_instance"
     STOP_LLM_INSTANCE = "stop_llm_instance"
@@ -122,6 +127,14 @@ class NodesObservedData:
 
 
 @dataclass(frozen=True)
+class TaskControlData:
+    run_id: str
+    task_id: str
+    #: the new priority, for SET_TASK_PRIORITY
+    priority: int | None = None
+
+
+@dataclass(frozen=True)
 class QueueQueryData:
     #: called on the scheduler thread with the core's QueueView
     reply: Callable[[Any], None]
@@ -144,6 +157,7 @@ MessageData = (
     | StopWorkerData
     | NodesObservedData
     | QueueQueryData
+    | TaskControlData
     | NoData
 )
 
@@ -161,6 +175,7 @@ EVENT_MESSAGE_TYPES: dict[str, MessageType] = {
     "task_exception": MessageType.TASK_EXCEPTION,
     "task_skipped": MessageType.TASK_SKIPPED,
     "task_cancelled": MessageType.TASK_CANCELLED,
+    "task_priority_changed": MessageType.TASK_PRIORITY_CHANGED,
     "finish_workflow": MessageType.FINISH_WORKFLOW,
 }
 

@@ -36,6 +36,8 @@ class _Run:
     #: task id -> ids of the tasks that depend on it directly (the run's DAG, for skips)
     children: dict[str, list[str]] = field(default_factory=dict)
     cancelling: bool = False
+    #: tasks cancelled one by one while they run: their outcome is reported cancelled
+    cancelled_tasks: set[str] = field(default_factory=set)
     #: takes tasks one at a time (RUN_TASK) and ends only when cleared
     open_ended: bool = False
 
@@ -116,7 +118,21 @@ class RunBook:
     def live(self, task: BaseTaskRuntime) -> bool:
         """Whether the run still wants ``task``'s outcome."""
         run = self._runs.get(task.run_id)
-        return run is not None and not run.cancelling and not run.state.is_terminal(task.task_id)
+        return (
+            run is not None
+            and not run.cancelling
+            and task.task_id not in run.cancelled_tasks
+            and not run.state.is_terminal(task.task_id)
+        )
+
+    def cancel_task(self, run_id: str, task_id: str) -> bool:
+        """Mark ``task_id`` cancelled by itself: whatever it reports is reported cancelled.
+        False if the run or task is unknown or has ended."""
+        run = self._runs.get(run_id)
+        if run is None or run.state.is_terminal(task_id):
+            return False
+        run.cancelled_tasks.add(task_id)
+        return True
 
     def unresolved_reference(self, task: BaseTaskRuntime) -> TaskErrorInfo | None:
         """The error of an input that names a task or output the run does not have."""

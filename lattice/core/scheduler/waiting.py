@@ -92,6 +92,21 @@ class WaitingTasks:
                     self._forget(run_id, run, dep_id)
                     stack.append(dep_id)
 
+    def remove(self, run_id: str, task_id: str) -> BaseTaskRuntime | None:
+        """Take ``task_id`` out (it will not run); what waits for it still does. None if it
+        was not waiting."""
+        run = self._runs.get(run_id)
+        waiting = run.waiting.get(task_id) if run else None
+        if run is None or waiting is None:
+            return None
+        self._forget(run_id, run, task_id)
+        return waiting.task
+
+    def find(self, run_id: str, task_id: str) -> BaseTaskRuntime | None:
+        run = self._runs.get(run_id)
+        waiting = run.waiting.get(task_id) if run else None
+        return None if waiting is None else waiting.task
+
     def drop_run(self, run_id: str) -> None:
         """Forget every waiting task of ``run_id`` (cancelled or over)."""
         self._runs.pop(run_id, None)
