@@ -50,8 +50,9 @@ def start_order(messages: list[dict]) -> list[str]:
     return [m["data"]["task_name"] for m in messages if m["type"] == "start_task"]
 
 
+@pytest.mark.parametrize("declared", ["by @task", "by add_task"])
 def test_queued_tasks_of_all_five_levels_start_in_priority_order(
-    one_slot: InProcessServer, gate: Gate
+    one_slot: InProcessServer, gate: Gate, declared: str
 ) -> None:
     with LatticeClient(one_slot.url) as client:
         busy = client.create_workflow()
@@ -60,7 +61,10 @@ def test_queued_tasks_of_all_five_levels_start_in_priority_order(
 
         wf = client.create_workflow()
         for level in LEVELS:  # added lowest first
-            wf.add_task(level_task(level), inputs={"x": level})
+            if declared == "by @task":
+                wf.add_task(level_task(level), inputs={"x": level})
+            else:
+                wf.add_task(step, inputs={"x": 1}, task_name=f"work_{level}", priority=level)
         run_id = wf.run()
         gate.open()
 

@@ -92,8 +92,10 @@ class LatticeWorkflow:
         task_func: TaskFunction | Callable[..., Any],
         inputs: dict[str, Any] | None = None,
         task_name: str | None = None,
+        priority: int | str | None = None,
     ) -> LatticeTask:
         """Add ``task_func`` with ``inputs`` (plain values, or other tasks' ``.outputs[key]``).
+        ``priority`` (a level or its name) overrides the one ``@task`` declared.
 
         Every input the task declares must be given, and nothing else. Raises
         LatticeInputError naming the problem; on any error the workflow is unchanged. The task
@@ -121,6 +123,9 @@ class LatticeWorkflow:
                 raise LatticeInputError(
                     f"input refers to task {value.task_id}, which is not in this workflow"
                 )
+        level = parse_priority(priority) if priority is not None else None
+        if level is None and meta is not None:
+            level = meta.priority
         name = str(task_name or getattr(func, "__name__", "task"))
         code_str, code_ser = serialize_function(func)
         task_id = str(uuid.uuid4())
@@ -138,7 +143,7 @@ class LatticeWorkflow:
                 },
                 "resources": meta.resources if meta else None,
                 "batch_config": meta.batch_config if meta else None,
-                "priority": meta.priority if meta else None,
+                "priority": level,
                 "sandbox": meta.sandbox if meta else None,
             }
         )
