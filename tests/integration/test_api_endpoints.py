@@ -456,32 +456,18 @@ def settle_scheduler(api: RawApi) -> None:
     assert api.messages(wf, api.run(wf))[-1]["data"]["success"] is True
 
 
-def test_connect_and_disconnect_worker() -> None:
-    # Its own server: a fake worker would take tasks of the shared one.
-    with InProcessServer() as server:
-        api = RawApi(server.url)
-        try:
-            api.ok(
-                "POST",
-                "/connect_worker",
-                {"node_ip": "192.0.2.10", "node_id": "worker-1", "resources": WORKER_RESOURCES},
-            )
-            settle_scheduler(api)
-            nodes = {n["node_id"]: n for n in api.ok("GET", "/nodes")["nodes"]}
-            assert api.ok("GET", "/health")["nodes"] == 2
+def test_a_local_head_takes_no_workers_and_keeps_its_node(api: RawApi) -> None:
+    before = api.ok("GET", "/nodes")["nodes"]
+    body = {"node_ip": "192.0.2.10", "node_id": "worker-1", "resources": WORKER_RESOURCES}
 
-            worker = nodes["worker-1"]
-            assert worker["node_ip"] == "192.0.2.10" and worker["state"] == "alive"
-            assert worker["total"]["cpu"] == 8
-            assert worker["total"]["memory_bytes"] == 16384 * 1024 * 1024
-            assert len(worker["total"]["gpus"]) == 1
+    joined = api.http.post("/connect_worker", json=body)
+    left = api.http.post("/disconnect_worker", json={"node_id": "local"})
 
-            api.ok("POST", "/disconnect_worker", {"node_id": "worker-1"})
-            settle_scheduler(api)
-            states = {n["node_id"]: n["state"] for n in api.ok("GET", "/nodes")["nodes"]}
-            assert states["worker-1"] != "alive" and states["local"] == "alive"
-        finally:
-            api.close()
+    assert joined.status_code == 409 and "takes no workers" in joined.json()["detail"]
+    assert left.status_code == 403 and "own node" in left.json()["detail"]
+    after = api.ok("GET", "/nodes")["nodes"]
+    assert [(n["node_id"], n["state"]) for n in after] == [("local", "alive")]
+    assert after[0]["total"] == before[0]["total"]
 
 
 def test_head_ray_port_on_a_local_head_says_why_not(api: RawApi) -> None:
