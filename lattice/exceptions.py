@@ -82,6 +82,10 @@ class ForbiddenError(LatticeInputError):
     node, registering a node as someone else); nothing was changed."""
 
 
+class TooLargeError(LatticeInputError):
+    """Accepting the request would exceed a size limit of the server (413)."""
+
+
 # --- you used it wrong ----------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from lattice.exceptions import (
     LatticeInputError,
     LatticeUsageError,
     NotFoundError,
+    TooLargeError,
 )
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ def status_for(exc: LatticeError) -> int:
         return 404
     if isinstance(exc, ForbiddenError):
         return 403
+    if isinstance(exc, TooLargeError):
+        return 413
     if isinstance(exc, LatticeInputError):
         return 400
     if isinstance(exc, LatticeUsageError):

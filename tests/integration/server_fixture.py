@@ -36,7 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 #: bodies over this many bytes get 413 from the shared in-process ``api_server``
 TEST_MAX_BODY_BYTES = 256 * 1024
 #: the token of ``token_server``, and the one browser origin it allows
-TEST_TOKEN = "test-token-3f9a"
+TEST_TOKEN = "test-token-3f9a-5e27d1"
 CORS_ORIGIN = "http://dashboard.example"
 
 

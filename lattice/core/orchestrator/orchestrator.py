@@ -68,6 +68,7 @@ class Orchestrator:
         local_resources: NodeResources | None = None,
         max_attempts: int = 3,
         ray_head_port: int | None = None,
+        max_workflow_code_bytes: int | None = None,
     ) -> None:
         self.executor = executor
         self.ray_head_port = ray_head_port
@@ -75,6 +76,7 @@ class Orchestrator:
         self._store = store or InMemoryEventStore()
         self._local_resources = local_resources
         self._max_attempts = max_attempts
+        self._max_workflow_code_bytes = max_workflow_code_bytes
         self._message_bus: MessageBus | None = None
         self._scheduler: Scheduler | None = None
         self.resource_manager = ResourceManager()
@@ -140,7 +142,9 @@ class Orchestrator:
         workflow_id = workflow_id or str(uuid.uuid4())
         if workflow_id in self._workflows:
             raise LatticeInputError(f"workflow {workflow_id} already exists")
-        workflow = self._workflows[workflow_id] = Workflow(workflow_id)
+        workflow = self._workflows[workflow_id] = Workflow(
+            workflow_id, max_code_bytes=self._max_workflow_code_bytes
+        )
         self._observer.workflow_created(workflow_id)
         return workflow
 

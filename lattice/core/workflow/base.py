@@ -26,6 +26,7 @@ from lattice.exceptions import (
     InvalidReferenceError,
     LatticeInputError,
     TaskNotFoundError,
+    TooLargeError,
 )
 from lattice.serialization import decode_code
 from lattice.vocabulary import (
@@ -197,11 +198,22 @@ class CodeTaskDraft:
     config: CodeTaskConfig
 
 
+def _code_size(task: BaseTask) -> int:
+    """Characters of code ``task`` stores: serialized code and source."""
+    if isinstance(task, LangGraphTask):
+        return len(task.serialized_code)
+    if isinstance(task, CodeTask) and task.config is not None:
+        return len(task.config.serialized_code or "") + len(task.config.code_str or "")
+    return 0
+
+
 class Workflow:
     """A DAG of tasks. Not thread-safe: the orchestrator owns it on one thread."""
 
-    def __init__(self, workflow_id: str) -> None:
+    def __init__(self, workflow_id: str, *, max_code_bytes: int | None = None) -> None:
         self.workflow_id = workflow_id
+        #: the most code (serialized and source, all tasks together) the workflow may hold
+        self.max_code_bytes = max_code_bytes
         self._tasks: dict[str, BaseTask] = {}
         self._graph: nx.DiGraph = nx.DiGraph()
 
@@ -210,6 +222,7 @@ class Workflow:
     def add_task(self, task_id: str, task: BaseTask) -> None:
         if task_id in self._tasks:
             raise LatticeInputError(f"task {task_id} already exists in workflow {self.workflow_id}")
+        self._check_code_size(task_id, task)
         self._tasks[task_id] = task
         self._graph.add_node(task_id)
 
@@ -303,6 +316,19 @@ class Workflow:
                 del self._tasks[task_id]
             raise
 
+    def _check_code_size(self, task_id: str, task: BaseTask) -> None:
+        """Refuse ``task`` (replacing ``task_id``, if there is one) when the workflow's code
+        would exceed :attr:`max_code_bytes`: stored code is kept as long as the workflow."""
+        if self.max_code_bytes is None:
+            return
+        others = sum(_code_size(t) for tid, t in self._tasks.items() if tid != task_id)
+        total = others + _code_size(task)
+        if total > self.max_code_bytes:
+            raise TooLargeError(
+                f"workflow {self.workflow_id} would hold {total} bytes of code, over its limit "
+                f"of {self.max_code_bytes} (the server's --max-workflow-code-mb)"
+            )
+
     def _references_between(self, source: str, target: str) -> list[InputParam]:
         task = self._tasks.get(target)
         if not isinstance(task, CodeTask):
@@ -322,6 +348,7 @@ class Workflow:
         task = self.get_code_task(task_id)
         trial = copy.copy(task)
         trial.save(config)
+        self._check_code_size(task_id, trial)
         sources: list[str] = []
         for param in trial.references():
             assert param.ref is not None
