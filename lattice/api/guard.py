@@ -37,7 +37,9 @@ async def refuse(scope: Scope, receive: Receive, send: Send, status: int, detail
         # accept, then close with an application code (4000 + status) so the client sees why.
         if (await receive())["type"] == "websocket.connect":
             await send({"type": "websocket.accept"})
-            await send({"type": "websocket.close", "code": 4000 + status, "reason": detail})
+            # A close frame holds at most 123 bytes of reason.
+            reason = detail.encode()[:123].decode("utf-8", "ignore")
+            await send({"type": "websocket.close", "code": 4000 + status, "reason": reason})
         return
     body = json.dumps({"status": "error", "detail": detail}).encode()
     await send(

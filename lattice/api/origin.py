@@ -92,17 +92,16 @@ class HostGuard:
             host = _header(scope, b"host")
             if host is not None and not self._host_allowed(host):
                 detail = (
-                    f"Host {printable(host)!r} is not a name of this Lattice head; a head on "
-                    "a loopback address serves only localhost, 127.0.0.1 and [::1] (add names "
-                    "with --allowed-host)"
+                    f"Host {printable(host)[:40]!r} is not a name of this Lattice head (a "
+                    "loopback head serves loopback names; add names with --allowed-host)"
                 )
                 await refuse(scope, receive, send, 400, detail)
                 return
             origin = _header(scope, b"origin")
             if origin is not None and not self._origin_allowed(origin, host):
                 detail = (
-                    f"Origin {printable(origin)!r} may not use this Lattice head (allow a "
-                    "browser origin with --cors-origin)"
+                    f"Origin {printable(origin)[:40]!r} may not use this Lattice head "
+                    "(allow a browser origin with --cors-origin)"
                 )
                 await refuse(scope, receive, send, 403, detail)
                 return
