@@ -422,7 +422,7 @@ def test_langgraph_task_runs_one_call_with_args_and_kwargs(api: RawApi) -> None:
     assert api.tasks(wf) == [{"task_id": task_id, "task_name": "adder", "task_type": "langgraph"}]
 
 
-def test_langgraph_node_error_comes_back_as_data(api: RawApi) -> None:
+def test_langgraph_node_error_comes_back_as_an_error_status(api: RawApi) -> None:
     wf = api.workflow()
     body = {"workflow_id": wf, "task_name": "boom", "serialized_code": code_ser(node_explode)}
     task_id = api.ok("POST", "/add_langgraph_task", body)["task_id"]
@@ -431,9 +431,10 @@ def test_langgraph_node_error_comes_back_as_data(api: RawApi) -> None:
         "/run_langgraph_task", json={"workflow_id": wf, "task_id": task_id, "args": dumps_b64((5,))}
     )
 
-    assert response.status_code == 200
+    assert response.status_code == 500  # spec/002 §6: errors as HTTP error codes
     payload = response.json()
     assert payload["status"] == "error"
+    assert payload["detail"] == payload["error"]
     assert payload["error"]["type"] == "KeyError"
     assert "no key 5" in payload["error"]["message"]
     assert "node_explode" in payload["error"]["traceback"]
