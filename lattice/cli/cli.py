@@ -65,6 +65,7 @@ def run_head(settings: ServerSettings) -> int:
     """Serve the API in the foreground until SIGINT/SIGTERM; then shut down cleanly."""
     import uvicorn
 
+    from lattice.api.connection import server_options
     from lattice.api.server import create_app
 
     app = create_app(settings)
@@ -77,8 +78,7 @@ def run_head(settings: ServerSettings) -> int:
         access_log=logging.getLogger().isEnabledFor(logging.INFO),
         # Open WebSockets get this long to finish before the lifespan ends their runs.
         timeout_graceful_shutdown=3,
-        ws_max_size=settings.max_body_bytes,
-        timeout_keep_alive=int(max(1, settings.idle_timeout)),
+        **server_options(settings),
     )
     server = uvicorn.Server(config)
     # The head's threads (event loop, scheduler, Ray's callback threads) hand each task's

@@ -25,6 +25,7 @@ from typing import Any
 
 import uvicorn
 
+from lattice.api.connection import server_options
 from lattice.api.server import create_app
 from lattice.config.settings import ServerSettings
 
@@ -84,7 +85,7 @@ class InProcessServer:
             lifespan="on",
             log_level="warning",
             timeout_graceful_shutdown=3,
-            ws_max_size=self.settings.max_body_bytes,
+            **server_options(self.settings),
         )
         self._server = _SignallingServer(config)
         self._thread = threading.Thread(

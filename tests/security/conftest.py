@@ -11,7 +11,7 @@ from lattice.config.settings import ServerSettings
 from tests.conftest import require_module
 from tests.integration.conftest import api_server, gate, token_server
 from tests.integration.server_fixture import HeadProcess, InProcessServer, free_port
-from tests.security.heads import BODY_TIMEOUT, MAX_WORKFLOW_CODE_BYTES, Head
+from tests.security.heads import BODY_TIMEOUT, IDLE_TIMEOUT, MAX_WORKFLOW_CODE_BYTES, Head
 
 __all__ = ["api_server", "gate", "head", "token_server"]
 
@@ -22,6 +22,7 @@ def head(request: pytest.FixtureRequest) -> Iterator[Head]:
         settings = ServerSettings(
             executor="local",
             body_timeout=BODY_TIMEOUT,
+            idle_timeout=IDLE_TIMEOUT,
             max_workflow_code_bytes=MAX_WORKFLOW_CODE_BYTES,
         )
         with InProcessServer(settings) as server:
@@ -31,7 +32,7 @@ def head(request: pytest.FixtureRequest) -> Iterator[Head]:
     port = free_port()
     args = ["start", "--head", "--executor", "ray", "--port", str(port)]
     args += ["--ray-port", str(free_port()), "--num-cpus", "2"]
-    args += ["--body-timeout", str(BODY_TIMEOUT)]
+    args += ["--body-timeout", str(BODY_TIMEOUT), "--idle-timeout", str(IDLE_TIMEOUT)]
     args += ["--max-workflow-code-mb", str(MAX_WORKFLOW_CODE_BYTES / 1024 / 1024)]
     process = HeadProcess(args, port=port)
     process.start(timeout=180)

@@ -13,6 +13,8 @@ from tests.integration.raw_api import RawApi
 COUNTERS = ("lattice_workflows_created_total", "lattice_runs_started_total")
 #: seconds a request body may take on the suite's heads (small, so the timeout test is quick)
 BODY_TIMEOUT = 1.0
+#: seconds a connection may stay without a request's headers on the suite's heads
+IDLE_TIMEOUT = 1.0
 #: code one workflow may hold on the suite's heads
 MAX_WORKFLOW_CODE_BYTES = 200_000
 

@@ -15,7 +15,7 @@ from lattice.api.server import create_app
 from lattice.config.settings import MIN_TOKEN_LENGTH, ServerSettings
 from tests.integration.raw_api import RawApi, read_until_closed
 from tests.integration.server_fixture import TEST_TOKEN, InProcessServer, start_local_head
-from tests.security.heads import BODY_TIMEOUT, MAX_WORKFLOW_CODE_BYTES, Head, state
+from tests.security.heads import BODY_TIMEOUT, IDLE_TIMEOUT, MAX_WORKFLOW_CODE_BYTES, Head, state
 
 WAIT = 15.0
 
@@ -111,6 +111,20 @@ def test_a_body_shorter_than_its_length_gets_408_in_time(head: Head, api: RawApi
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert b"request body not received within 1 s" in answer
     assert state(api, wf) == before
+
+
+@pytest.mark.parametrize(
+    "sent", [b"", b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a"], ids=["silent", "slow"]
+)
+def test_a_connection_without_complete_headers_is_closed(head: Head, sent: bytes) -> None:
+    port = int(head.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=IDLE_TIMEOUT + WAIT) as sock:
+        sock.sendall(sent)
+        closed = sock.recv(65536)  # blocks until the server closes (b"") or answers
+
+    assert closed == b""
+    # A complete request on a fresh connection is still served.
+    assert httpx.get(f"{head.url}/health", timeout=WAIT).status_code == 200
 
 
 def test_a_workflow_holds_only_so_much_code(head: Head, api: RawApi) -> None:
