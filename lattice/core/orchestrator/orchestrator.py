@@ -312,7 +312,7 @@ class Orchestrator:
             node_id,
             node_ip,
             peer=peer,
-            head_node_id=self.resource_manager.head_node_id,
+            head_node_id=self._head_node_id(),
             members=registration.cluster_members(nodes) if nodes else None,
             own_addresses=self._own_addresses(),
         )
@@ -339,13 +339,18 @@ class Orchestrator:
         registration.check_disconnect(
             node_id,
             peer=peer,
-            head_node_id=self.resource_manager.head_node_id,
+            head_node_id=self._head_node_id(),
             node_address=address,
             connected=connected,
             own_addresses=self._own_addresses(),
         )
         self._disconnected.add(node_id)
         self._bus.send_to_scheduler(Message(MessageType.STOP_WORKER, StopWorkerData(node_id)))
+
+    def _head_node_id(self) -> str | None:
+        # The executor knows which node is the head's own (the resource manager's first
+        # node is that only on a cluster the head started itself).
+        return self.executor.own_node_id() or self.resource_manager.head_node_id
 
     def _own_addresses(self) -> frozenset[str]:
         if self._addresses is None:
