@@ -77,6 +77,15 @@ class NodeNotFoundError(NotFoundError):
         super().__init__(f"Node {node_id} not found")
 
 
+class ForbiddenError(LatticeInputError):
+    """The request is well formed but no client may make it (disconnecting the head's own
+    node, registering a node as someone else); nothing was changed."""
+
+
+class TooLargeError(LatticeInputError):
+    """Accepting the request would exceed a size limit of the server (413)."""
+
+
 # --- you used it wrong ----------------------------------------------------------------------
 
 

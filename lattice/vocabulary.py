@@ -29,14 +29,37 @@ RESOURCE_KEYS = {
 }
 
 
-def _number(key: str, value: Any, *, integer: bool) -> float:
+#: The largest value each resource may take, on a task or a node: far above any machine, low
+#: enough that sums and byte counts stay exact (a NaN or 1e308 would void the accounting).
+RESOURCE_LIMITS = {
+    "cpu": 65536,
+    "cpu_mem": 2**30,  # MB: 1 PiB
+    "gpu": 1024,
+    "gpu_mem": 2**24,  # MB per GPU: 16 TiB
+}
+
+
+def bounded_number(key: str, value: Any, *, integer: bool, limit: float | None = None) -> float:
+    """``value`` as a float when it is a finite number in ``[0, limit]`` (``limit`` defaults
+    to :data:`RESOURCE_LIMITS` of ``key``), whole when ``integer``.
+
+    Raises:
+        InvalidResourceError: naming ``key`` and what it must be.
+    """
+    bound = RESOURCE_LIMITS.get(key, 0) if limit is None else limit
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidResourceError(f"resource {key!r} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise InvalidResourceError(f"resource {key!r} must be >= 0, got {value!r}")
+    if not math.isfinite(value) or value < 0 or value > bound:
+        raise InvalidResourceError(
+            f"resource {key!r} must be a number from 0 to {bound:g}, got {value!r}"
+        )
     if integer and value != int(value):
         raise InvalidResourceError(f"resource {key!r} must be a whole number, got {value!r}")
     return float(value)
+
+
+def _number(key: str, value: Any, *, integer: bool) -> float:
+    return bounded_number(key, value, integer=integer)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -18,8 +18,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from lattice import __version__
 from lattice.api.errors import install_error_handlers
 from lattice.api.guard import BodyLimit, TokenGuard
+from lattice.api.origin import HostGuard
+from lattice.api.redact import redacted_request_logs
 from lattice.api.routes import langgraph, queue, runs, worker, workflow
-from lattice.config.settings import ServerSettings
+from lattice.config.settings import ServerSettings, is_loopback
 from lattice.core.observer import EngineObserver
 from lattice.core.orchestrator.orchestrator import Orchestrator
 from lattice.core.resource.node import NodeResources
@@ -64,6 +66,7 @@ def build_orchestrator(
         max_attempts=settings.max_attempts,
         priority_aging=settings.priority_aging or None,
         ray_head_port=settings.ray_port,
+        max_workflow_code_bytes=settings.max_workflow_code_bytes,
     )
 
 
@@ -110,7 +113,9 @@ def create_app(
         orchestrator = build_orchestrator(
             settings, metrics.observer(), store=store, executor=executor
         )
+        stack = ExitStack()
         try:
+            stack.enter_context(redacted_request_logs())
             # Starting Ray takes seconds; keep the loop free meanwhile.
             await asyncio.to_thread(orchestrator.initialize)
             await orchestrator.start_monitor()
@@ -119,6 +124,7 @@ def create_app(
             # Aborting open runs closes their logs, which ends every open WebSocket stream.
             orchestrator.cleanup(shutdown_executor=executor is None)
             metrics.shutdown()
+            stack.close()
 
     app = FastAPI(
         title="Lattice API",
@@ -130,13 +136,22 @@ def create_app(
     for module in (workflow, langgraph, worker, runs, queue):
         app.include_router(module.router)
     # Each add_middleware wraps the ones before it: the token check runs before anything
-    # reads the body; CORS wraps even the token check, because a browser's preflight never
-    # carries the token (CORS answers it without calling the app) and a 401 must carry the
-    # CORS headers for the page to read it.
+    # reads the body, the Host and Origin check before the token check (a page of another
+    # site learns nothing, not even whether a token is set); CORS wraps them all, because a
+    # browser's preflight never carries the token (CORS answers it without calling the app)
+    # and a 401 must carry the CORS headers for the page to read it.
     app.add_middleware(MetricsMiddleware)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, read_timeout=settings.body_timeout
+    )
     if settings.token:
         app.add_middleware(TokenGuard, token=settings.token)
+    app.add_middleware(
+        HostGuard,
+        loopback_only=is_loopback(settings.host),
+        extra_hosts=settings.allowed_hosts,
+        cors_origins=settings.cors_origins,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

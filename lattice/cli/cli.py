@@ -12,10 +12,17 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from lattice.config.settings import DEFAULT_PORT, DEFAULT_RAY_PORT, ServerSettings
+from lattice.config.settings import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_WORKFLOW_CODE_BYTES,
+    DEFAULT_PORT,
+    DEFAULT_RAY_PORT,
+    ServerSettings,
+)
 from lattice.exceptions import LatticeError
 from lattice.executor.ray.ports import NodePorts
-from lattice.vocabulary import SandboxLevel, SandboxSpec
+from lattice.vocabulary import MB, SandboxLevel, SandboxSpec
 
 log = logging.getLogger("lattice")
 
@@ -41,6 +48,10 @@ def _head_settings(args: argparse.Namespace) -> ServerSettings:
         num_cpus=args.num_cpus,
         token=args.token or os.environ.get("LATTICE_TOKEN") or None,
         cors_origins=tuple(args.cors_origin or ()),
+        allowed_hosts=tuple(args.allowed_host or ()),
+        max_workflow_code_bytes=int(args.max_workflow_code_mb * MB),
+        body_timeout=args.body_timeout,
+        idle_timeout=args.idle_timeout,
         max_finished_runs=args.max_finished_runs,
         max_attempts=args.max_attempts,
         priority_aging=args.priority_aging,
@@ -55,6 +66,7 @@ def run_head(settings: ServerSettings) -> int:
     """Serve the API in the foreground until SIGINT/SIGTERM; then shut down cleanly."""
     import uvicorn
 
+    from lattice.api.connection import server_options
     from lattice.api.server import create_app
 
     app = create_app(settings)
@@ -67,7 +79,7 @@ def run_head(settings: ServerSettings) -> int:
         access_log=logging.getLogger().isEnabledFor(logging.INFO),
         # Open WebSockets get this long to finish before the lifespan ends their runs.
         timeout_graceful_shutdown=3,
-        ws_max_size=settings.max_body_bytes,
+        **server_options(settings),
     )
     server = uvicorn.Server(config)
     # The head's threads (event loop, scheduler, Ray's callback threads) hand each task's
@@ -119,11 +131,36 @@ def _add_head_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-cpus", type=float, help="CPUs this node offers (default: all cores)")
     g.add_argument(
         "--token",
-        help="shared secret every client and worker must present; a worker presents it to "
-        "its head (or LATTICE_TOKEN)",
+        help="shared secret every client and worker must present, at least 16 characters; a "
+        "worker presents it to its head (or LATTICE_TOKEN)",
     )
     g.add_argument(
         "--cors-origin", action="append", help="allowed browser origin (repeatable; default none)"
+    )
+    g.add_argument(
+        "--allowed-host",
+        action="append",
+        help="a Host name this head answers to besides its own (repeatable; a head on a "
+        "loopback address answers to localhost, 127.0.0.1 and [::1] only)",
+    )
+    g.add_argument(
+        "--max-workflow-code-mb",
+        type=float,
+        default=DEFAULT_MAX_WORKFLOW_CODE_BYTES / MB,
+        help="MB of task code one workflow may hold, all its tasks together (default "
+        f"{DEFAULT_MAX_WORKFLOW_CODE_BYTES // MB})",
+    )
+    g.add_argument(
+        "--body-timeout",
+        type=float,
+        default=DEFAULT_BODY_TIMEOUT,
+        help=f"seconds a request body may take to arrive (default {DEFAULT_BODY_TIMEOUT:g})",
+    )
+    g.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        help=f"seconds an idle connection stays open (default {DEFAULT_IDLE_TIMEOUT:g})",
     )
     g.add_argument(
         "--max-finished-runs",

@@ -13,6 +13,16 @@ DEFAULT_PORT = 8000
 DEFAULT_RAY_PORT = 6379
 #: request bodies larger than this are refused with 413 (code and inputs travel inline)
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+#: code (serialized and source) one workflow may hold, all its tasks together
+DEFAULT_MAX_WORKFLOW_CODE_BYTES = 128 * 1024 * 1024
+#: seconds a request body may take to arrive in full
+DEFAULT_BODY_TIMEOUT = 30.0
+#: seconds an idle keep-alive connection stays open
+DEFAULT_IDLE_TIMEOUT = 5.0
+#: the shortest token accepted: guessing 16 random characters is out of reach
+MIN_TOKEN_LENGTH = 16
+#: how to make a good token, for the message that refuses a short one
+MAKE_TOKEN_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 def is_loopback(host: str) -> bool:
@@ -40,7 +50,12 @@ class ServerSettings:
     #: shared secret for every request; required when binding a non-loopback address
     token: str | None = None
     cors_origins: tuple[str, ...] = ()
+    #: Host names the head answers to besides its own (a loopback head: loopback names only)
+    allowed_hosts: tuple[str, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_workflow_code_bytes: int = DEFAULT_MAX_WORKFLOW_CODE_BYTES
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     #: finished runs kept for reading results; the oldest beyond this are retired
     max_finished_runs: int = 1000
     #: dispatches of a task whose node died, before its run fails
@@ -61,6 +76,26 @@ class ServerSettings:
                 f"refusing to listen on {self.host} without a token: anyone who reaches the port "
                 "could run code here. Pass --token or set LATTICE_TOKEN."
             )
+        if self.token is not None and len(self.token) < MIN_TOKEN_LENGTH:
+            raise LatticeUsageError(
+                f"the token must be at least {MIN_TOKEN_LENGTH} characters long (got "
+                f"{len(self.token)}); make one with: {MAKE_TOKEN_HINT}"
+            )
+        for origin in self.cors_origins:
+            if origin.strip() in ("*", "null"):
+                raise LatticeUsageError(
+                    f"--cors-origin {origin.strip()!r} would let any web page (or a sandboxed "
+                    "one) use this head with the user's credentials; list the origins of the "
+                    "pages that may, e.g. --cors-origin https://dashboard.example"
+                )
+        for name, value in (
+            ("body_timeout", self.body_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ):
+            if not value > 0:
+                raise LatticeUsageError(f"{name} must be > 0 seconds, got {value}")
+        if self.max_workflow_code_bytes < 1:
+            raise LatticeUsageError("max_workflow_code_bytes must be >= 1")
         if self.max_attempts < 1:
             raise LatticeUsageError("max_attempts must be >= 1")
         if not self.priority_aging >= 0:

@@ -184,6 +184,11 @@ class ExecutorBackend(ABC):
         """The nodes this backend can run on, in ``ray.nodes()`` form; empty means local."""
         return []
 
+    def own_node_id(self) -> str | None:
+        """The id of the node the head itself runs on, when the backend has nodes; None for a
+        single-node backend (its one node is the resource manager's local node)."""
+        return None
+
     def alive_node_ids(self) -> set[str] | None:
         """Ids of nodes still alive, or None when the backend cannot tell (single node)."""
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -151,9 +152,14 @@ class RawApi:
         return closed.messages
 
 
-def read_until_closed(url: str, headers: dict[str, str] | None = None) -> Closed:
+def read_until_closed(
+    url: str, headers: dict[str, str] | None = None, *, via: tuple[str, int] | None = None
+) -> Closed:
+    """Every message of the WebSocket at ``url`` until the server closes it. ``via``: connect
+    to this address instead of ``url``'s (so the handshake names ``url``'s host)."""
     messages: list[dict[str, Any]] = []
-    with connect(url, open_timeout=WAIT, additional_headers=headers) as ws:
+    sock = socket.create_connection(via, timeout=WAIT) if via else None
+    with connect(url, open_timeout=WAIT, additional_headers=headers, sock=sock) as ws:
         while True:
             try:
                 messages.append(json.loads(ws.recv(timeout=WAIT)))

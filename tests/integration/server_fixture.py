@@ -25,6 +25,7 @@ from typing import Any
 
 import uvicorn
 
+from lattice.api.connection import server_options
 from lattice.api.server import create_app
 from lattice.config.settings import ServerSettings
 
@@ -36,7 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 #: bodies over this many bytes get 413 from the shared in-process ``api_server``
 TEST_MAX_BODY_BYTES = 256 * 1024
 #: the token of ``token_server``, and the one browser origin it allows
-TEST_TOKEN = "test-token-3f9a"
+TEST_TOKEN = "test-token-3f9a-5e27d1"
 CORS_ORIGIN = "http://dashboard.example"
 
 
@@ -90,7 +91,7 @@ class InProcessServer:
             lifespan="on",
             log_level="warning",
             timeout_graceful_shutdown=3,
-            ws_max_size=self.settings.max_body_bytes,
+            **server_options(self.settings),
         )
         self._server = _SignallingServer(config)
         self._thread = threading.Thread(

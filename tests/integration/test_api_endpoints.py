@@ -422,7 +422,7 @@ def test_langgraph_task_runs_one_call_with_args_and_kwargs(api: RawApi) -> None:
     assert api.tasks(wf) == [{"task_id": task_id, "task_name": "adder", "task_type": "langgraph"}]
 
 
-def test_langgraph_node_error_comes_back_as_data(api: RawApi) -> None:
+def test_langgraph_node_error_comes_back_as_an_error_status(api: RawApi) -> None:
     wf = api.workflow()
     body = {"workflow_id": wf, "task_name": "boom", "serialized_code": code_ser(node_explode)}
     task_id = api.ok("POST", "/add_langgraph_task", body)["task_id"]
@@ -431,9 +431,10 @@ def test_langgraph_node_error_comes_back_as_data(api: RawApi) -> None:
         "/run_langgraph_task", json={"workflow_id": wf, "task_id": task_id, "args": dumps_b64((5,))}
     )
 
-    assert response.status_code == 200
+    assert response.status_code == 500  # spec/002 §6: errors as HTTP error codes
     payload = response.json()
     assert payload["status"] == "error"
+    assert payload["detail"] == payload["error"]
     assert payload["error"]["type"] == "KeyError"
     assert "no key 5" in payload["error"]["message"]
     assert "node_explode" in payload["error"]["traceback"]
@@ -456,32 +457,18 @@ def settle_scheduler(api: RawApi) -> None:
     assert api.messages(wf, api.run(wf))[-1]["data"]["success"] is True
 
 
-def test_connect_and_disconnect_worker() -> None:
-    # Its own server: a fake worker would take tasks of the shared one.
-    with InProcessServer() as server:
-        api = RawApi(server.url)
-        try:
-            api.ok(
-                "POST",
-                "/connect_worker",
-                {"node_ip": "192.0.2.10", "node_id": "worker-1", "resources": WORKER_RESOURCES},
-            )
-            settle_scheduler(api)
-            nodes = {n["node_id"]: n for n in api.ok("GET", "/nodes")["nodes"]}
-            assert api.ok("GET", "/health")["nodes"] == 2
+def test_a_local_head_takes_no_workers_and_keeps_its_node(api: RawApi) -> None:
+    before = api.ok("GET", "/nodes")["nodes"]
+    body = {"node_ip": "192.0.2.10", "node_id": "worker-1", "resources": WORKER_RESOURCES}
 
-            worker = nodes["worker-1"]
-            assert worker["node_ip"] == "192.0.2.10" and worker["state"] == "alive"
-            assert worker["total"]["cpu"] == 8
-            assert worker["total"]["memory_bytes"] == 16384 * 1024 * 1024
-            assert len(worker["total"]["gpus"]) == 1
+    joined = api.http.post("/connect_worker", json=body)
+    left = api.http.post("/disconnect_worker", json={"node_id": "local"})
 
-            api.ok("POST", "/disconnect_worker", {"node_id": "worker-1"})
-            settle_scheduler(api)
-            states = {n["node_id"]: n["state"] for n in api.ok("GET", "/nodes")["nodes"]}
-            assert states["worker-1"] != "alive" and states["local"] == "alive"
-        finally:
-            api.close()
+    assert joined.status_code == 409 and "takes no workers" in joined.json()["detail"]
+    assert left.status_code == 403 and "own node" in left.json()["detail"]
+    after = api.ok("GET", "/nodes")["nodes"]
+    assert [(n["node_id"], n["state"]) for n in after] == [("local", "alive")]
+    assert after[0]["total"] == before[0]["total"]
 
 
 def test_head_ray_port_on_a_local_head_says_why_not(api: RawApi) -> None:

@@ -26,16 +26,17 @@ import cloudpickle
 import pytest
 
 from lattice.executor.base import PendingOutput, TaskOutcome
+from tests.conftest import import_or_fail
 from tests.integration.submissions import TIMEOUT, make_submission, run
 from tests.integration.waiting_tasks import WAIT_OUTPUTS, Listener, extra_executor, wait_at
 
-pytest.importorskip("ray", reason='these tests need Ray: pip install "ray[default]"')
-from lattice.executor.large_values import LARGE_VALUE_BYTES
-from lattice.executor.ray.channel import DONE, RUN, ChannelServer, connect, dumps
-from lattice.executor.ray.executor import RayExecutor
-from lattice.executor.ray.handles import ChannelHandle, FollowerHandle, RayHandle
-from lattice.executor.ray.hosts import HostKind
-from lattice.executor.ray.payload import StoredValue
+import_or_fail("ray", 'the Ray tests (pip install "ray[default]")')
+from lattice.executor.large_values import LARGE_VALUE_BYTES  # noqa: E402 (after the check that Ray is there)
+from lattice.executor.ray.channel import DONE, RUN, ChannelServer, connect, dumps  # noqa: E402 (after the check that Ray is there)
+from lattice.executor.ray.executor import RayExecutor  # noqa: E402 (after the check that Ray is there)
+from lattice.executor.ray.handles import ChannelHandle, FollowerHandle, RayHandle  # noqa: E402 (after the check that Ray is there)
+from lattice.executor.ray.hosts import HostKind  # noqa: E402 (after the check that Ray is there)
+from lattice.executor.ray.payload import StoredValue  # noqa: E402 (after the check that Ray is there)
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

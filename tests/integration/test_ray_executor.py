@@ -26,11 +26,12 @@ from lattice.exceptions import LatticeInputError, LatticeUsageError
 from lattice.executor.base import TaskKind, TaskOutcome
 from lattice.executor.factory import ExecutorType, create_executor
 from lattice.executor.local_executor import LocalExecutor
+from tests.conftest import import_or_fail
 from tests.integration.submissions import TIMEOUT, make_submission, run
 from tests.integration.waiting_tasks import extra_executor
 
-pytest.importorskip("ray", reason='these tests need Ray: pip install "ray[default]"')
-from lattice.executor.ray.executor import RayExecutor
+import_or_fail("ray", 'the Ray tests (pip install "ray[default]")')
+from lattice.executor.ray.executor import RayExecutor  # noqa: E402 (after the check that Ray is there)
 
 # --- results --------------------------------------------------------------------------------
 

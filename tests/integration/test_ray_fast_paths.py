@@ -36,16 +36,17 @@ from lattice.serialization import (
     is_ref_leaf,
 )
 from lattice.vocabulary import TaskResourceRequirements
+from tests.conftest import import_or_fail
 from tests.integration import engine_helpers as h
 from tests.integration.engine_helpers import Engine, WorkflowBuilder, run_workflow
 from tests.integration.submissions import TIMEOUT, make_submission, run
 from tests.integration.waiting_tasks import WAIT_OUTPUTS, Listener, extra_executor, wait_at
 
-pytest.importorskip("ray", reason='these tests need Ray: pip install "ray[default]"')
-from lattice.executor.large_values import LARGE_VALUE_BYTES
-from lattice.executor.ray.executor import RayExecutor
-from lattice.executor.ray.handles import Handle
-from lattice.executor.ray.payload import StoredValue
+import_or_fail("ray", 'the Ray tests (pip install "ray[default]")')
+from lattice.executor.large_values import LARGE_VALUE_BYTES  # noqa: E402 (after the check that Ray is there)
+from lattice.executor.ray.executor import RayExecutor  # noqa: E402 (after the check that Ray is there)
+from lattice.executor.ray.handles import Handle  # noqa: E402 (after the check that Ray is there)
+from lattice.executor.ray.payload import StoredValue  # noqa: E402 (after the check that Ray is there)
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

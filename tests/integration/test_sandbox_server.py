@@ -35,6 +35,7 @@ from lattice.executor.sandbox.cgroup import process_limit_unavailable
 from lattice.executor.sandbox.docker import docker_available
 from lattice.executor.sandbox.runner import SandboxRunner
 from lattice.vocabulary import SandboxLevel
+from tests.conftest import skip_or_fail, unless_available
 from tests.integration.server_fixture import HeadProcess, InProcessServer, free_port
 
 WAIT = 60.0
@@ -45,14 +46,15 @@ MEMORY_LIMIT = 256  # --task-memory-limit
 MAX_PROCESSES = 512  # the sandbox's default process limit (no CLI flag changes it)
 SECCOMP_REFUSES = "seccomp sandbox refuses"
 #: what a sandboxed task's environment may hold (docs/sandbox.md: nothing of the server's)
+SECCOMP_LEVEL = SandboxLevel.SECCOMP
 CLEAN_ENV = {"PATH", "HOME", "TMPDIR", "LANG", "PYTHONPATH", "CUDA_VISIBLE_DEVICES", "LC_CTYPE"}
 LIGHT = {"cpu": 0.1}  # every hostile task runs at once, whatever the core count
 
 
 def _level(level: SandboxLevel) -> Any:
     reason = SandboxRunner.unavailable(level)
-    marks = [pytest.mark.skip(reason=f"{level.value} is not available here: {reason}")]
-    return pytest.param(level.value, id=level.value, marks=marks if reason else [])
+    why = f"{level.value} is not available here: {reason}" if reason else None
+    return pytest.param(level.value, id=level.value, marks=unless_available(why))
 
 
 # --- tasks (module level, shipped by value like any user's own module) ----------------------
@@ -405,12 +407,12 @@ def test_results_flow_as_without_a_sandbox(head: LevelHead) -> None:
 # --- a task choosing more isolation than its server's default -------------------------------
 
 
-@pytest.mark.skipif(
-    SandboxRunner.unavailable(SandboxLevel.SECCOMP) is not None,
-    reason=f"seccomp is not available here: {SandboxRunner.unavailable(SandboxLevel.SECCOMP)}",
+@pytest.mark.parametrize(
+    "seccomp",
+    [pytest.param("seccomp", marks=unless_available(SandboxRunner.unavailable(SECCOMP_LEVEL)))],
 )
 def test_a_task_may_ask_for_a_stricter_level_and_lower_limits(
-    listener: int, monkeypatch: pytest.MonkeyPatch
+    listener: int, monkeypatch: pytest.MonkeyPatch, seccomp: str
 ) -> None:
     # This server runs tasks in its own threads (default level none), so the control tasks see
     # this process's environment and network.
@@ -480,7 +482,7 @@ def ray_head() -> Iterator[tuple[HeadProcess, int]]:
     require_module("ray", "the Ray head")
     reason = SandboxRunner.unavailable(SandboxLevel.SECCOMP)
     if reason is not None:
-        pytest.skip(f"seccomp is not available here: {reason}")
+        skip_or_fail(f"seccomp is not available here: {reason}")
     ray_port = free_port()
     head = start_head(
         "--executor",

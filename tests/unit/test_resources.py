@@ -70,9 +70,13 @@ def test_requirements_reject_unknown_keys_by_name(resources: dict[str, Any], nam
     [
         ({"cpu": "2"}, "'cpu' must be a number"),
         ({"cpu": True}, "'cpu' must be a number"),
-        ({"cpu": -1}, "'cpu' must be >= 0"),
-        ({"cpu": math.nan}, "'cpu' must be >= 0"),
-        ({"cpu_mem": math.inf}, "'cpu_mem' must be >= 0"),
+        ({"cpu": -1}, "'cpu' must be a number from 0 to 65536"),
+        ({"cpu": math.nan}, "'cpu' must be a number from 0 to 65536"),
+        ({"cpu": 1e9}, "'cpu' must be a number from 0 to 65536"),
+        ({"cpu_mem": math.inf}, "'cpu_mem' must be a number from 0 to"),
+        ({"cpu_mem": 1e308}, "'cpu_mem' must be a number from 0 to"),
+        ({"gpu": 1e20}, "'gpu' must be a number from 0 to 1024"),
+        ({"gpu": 1, "gpu_mem": 1e12}, "'gpu_mem' must be a number from 0 to"),
         ({"gpu": 0.5}, "'gpu' must be a whole number"),
         ({"gpu_mem": 1000}, "'gpu_mem' needs 'gpu' >= 1"),
     ],
@@ -226,8 +230,31 @@ def test_node_resources_from_wire() -> None:
     assert res.gpu_resources[0].gpu_memory_available == 24000
     with pytest.raises(InvalidResourceError, match="'disk'"):
         NodeResources.from_wire({"cpu": 1, "disk": 5})
-    with pytest.raises(InvalidResourceError, match="'cpu' must be a number >= 0"):
+    with pytest.raises(InvalidResourceError, match="'cpu' must be a number from 0 to 65536"):
         NodeResources.from_wire({"cpu": -1})
+
+
+@pytest.mark.parametrize(
+    ("resources", "named"),
+    [
+        ({"cpu": math.nan}, "'cpu'"),
+        ({"cpu": math.inf}, "'cpu'"),
+        ({"cpu": 1e9}, "'cpu'"),
+        ({"cpu_mem": 1e308}, "'cpu_mem'"),
+        ({"cpu_mem": -0.5}, "'cpu_mem'"),
+        ({"gpu_resource": {"0": {"gpu_id": 0, "gpu_mem": math.inf}}}, "gpu_mem"),
+        ({"gpu_resource": {"0": {"gpu_id": 0, "gpu_num": 1e20}}}, "gpu_num"),
+        ({"gpu_resource": {"0": {"gpu_id": 0, "gpu_num": 0}}}, "gpu_num"),
+        ({"gpu_resource": {"0": {"gpu_id": -1}}}, "gpu_id"),
+        ({"gpu_resource": {"0": {"gpu_id": "0"}}}, "gpu_id"),
+        ({"gpu_resource": {"a": {}, "b": {}}}, "gpu_id"),
+        ({"gpu_resource": {str(i): {"gpu_id": i} for i in range(1025)}}, "more than 1024"),
+        ({"gpu_resource": {"0": {"gpu_id": 1}, "1": {"gpu_id": 1}}}, "listed twice"),
+    ],
+)
+def test_node_resources_must_be_finite_and_bounded(resources: dict[str, Any], named: str) -> None:
+    with pytest.raises(InvalidResourceError, match=named):
+        NodeResources.from_wire(resources)
 
 
 # --- the resource manager ---------------------------------------------------------------------

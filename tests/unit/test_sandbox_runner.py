@@ -37,6 +37,7 @@ from lattice.executor.sandbox.runner import SandboxRunner
 from lattice.executor.sandbox.seccomp_policy import seccomp_unavailable
 from lattice.executor.sandbox.wire import ChildEnd, SealedValue, decode_outcome
 from lattice.vocabulary import SandboxLevel, SandboxSpec, TaskResourceRequirements
+from tests.conftest import unless_available
 
 # The child cannot import this module by name under every level (the seccomp level hides
 # files outside the import path): ship the test functions by value.
@@ -47,12 +48,19 @@ SECCOMP = SandboxLevel.SECCOMP
 
 
 def _level_param(level: SandboxLevel) -> Any:
-    reason = SandboxRunner.unavailable(level)
-    marks = [pytest.mark.skip(reason=reason)] if reason else []
-    return pytest.param(level, id=level.value, marks=marks)
+    return pytest.param(
+        level, id=level.value, marks=unless_available(SandboxRunner.unavailable(level))
+    )
 
 
 LEVELS = [_level_param(SUBPROCESS), _level_param(SECCOMP)]
+
+
+def needs_seccomp(test: Callable[..., None]) -> Callable[..., None]:
+    """Skips ``test`` where seccomp is missing, except in CI (see unless_available)."""
+    for mark in unless_available(seccomp_unavailable()):
+        test = mark(test)
+    return test
 
 
 def make_submission(
@@ -296,7 +304,7 @@ def test_network_is_allowed_under_subprocess(
     assert outcome.value == {"out": "connected"}
 
 
-@pytest.mark.skipif(seccomp_unavailable() is not None, reason=str(seccomp_unavailable()))
+@needs_seccomp
 def test_network_is_refused_under_seccomp(
     listener: socket.socket, make_runner: Callable[..., SandboxRunner]
 ) -> None:
@@ -457,10 +465,6 @@ def test_cancel_of_an_unknown_task_is_false(runner: SandboxRunner) -> None:
 
 
 # --- seccomp policy ---------------------------------------------------------------------------
-
-needs_seccomp = pytest.mark.skipif(
-    seccomp_unavailable() is not None, reason=str(seccomp_unavailable())
-)
 
 
 @needs_seccomp

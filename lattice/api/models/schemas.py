@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+
+from lattice.api.models.storable import check_storable
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        # Before the fields: a value the head cannot encode again is refused whole.
+        check_storable(data)
+        return data
 
 
 class StatusResponse(BaseModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from lattice.api.deps import Orch
 from lattice.api.models.schemas import (
@@ -16,16 +16,28 @@ from lattice.exceptions import LatticeUsageError
 router = APIRouter(tags=["worker"])
 
 
+def _peer(request: Request) -> str:
+    # No client address (an ASGI server that gives none) is treated as no proof at all.
+    return request.client.host if request.client is not None else "unknown"
+
+
 @router.post("/connect_worker", response_model=StatusResponse)
-async def connect_worker(body: ConnectWorkerRequest, orch: Orch) -> StatusResponse:
-    orch.add_worker(body.node_ip, body.node_id, body.resources)
+async def connect_worker(
+    body: ConnectWorkerRequest, request: Request, orch: Orch
+) -> StatusResponse:
+    """Register the caller's own node of the head's Ray cluster (see core.orchestrator
+    .registration: 403 for another's node or the head's, 404 for a node not in the cluster)."""
+    orch.add_worker(body.node_ip, body.node_id, body.resources, peer=_peer(request))
     return StatusResponse()
 
 
 @router.post("/disconnect_worker", response_model=StatusResponse)
-async def disconnect_worker(body: DisconnectWorkerRequest, orch: Orch) -> StatusResponse:
-    """Stop placing tasks on the node; tasks running there finish."""
-    orch.remove_worker(body.node_id)
+async def disconnect_worker(
+    body: DisconnectWorkerRequest, request: Request, orch: Orch
+) -> StatusResponse:
+    """Stop placing tasks on the caller's node; tasks running there finish. 404 for a node
+    unknown or disconnected already, 403 for the head's own node or another host's."""
+    orch.remove_worker(body.node_id, peer=_peer(request))
     return StatusResponse()
 
 

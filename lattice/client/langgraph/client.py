@@ -31,6 +31,7 @@ from lattice.client.langgraph.wire import decode_result
 from lattice.exceptions import (
     LatticeConnectionError,
     LatticeInputError,
+    LatticeServerError,
     LatticeUsageError,
     NotFoundError,
     TaskErrorInfo,
@@ -210,7 +211,14 @@ class LangGraphClient:
             "args": args,
             "kwargs": kwargs,
         }
-        return self._transport.post("/run_langgraph_task", body, self._run_timeout)
+        try:
+            return self._transport.post("/run_langgraph_task", body, self._run_timeout)
+        except LatticeServerError as exc:
+            # A node that raised comes back as HTTP 500 with its exception as the detail;
+            # anything else is the server's or the network's failure.
+            if exc.status_code == 500 and isinstance(exc.detail, dict) and "type" in exc.detail:
+                return {"status": "error", "error": exc.detail}
+            raise
 
     def _encode(self, node: RemoteNode, prepared: bridge.PreparedCall) -> tuple[str, str]:
         try:

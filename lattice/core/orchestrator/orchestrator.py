@@ -13,7 +13,10 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import psutil
+
 from lattice.core.observer import EngineObserver
+from lattice.core.orchestrator import registration
 from lattice.core.orchestrator.context import BaseContext, RunContext, SingleTaskContext
 from lattice.core.orchestrator.handoff import LoopHandoff
 from lattice.core.resource.manager import ResourceManager
@@ -72,6 +75,7 @@ class Orchestrator:
         max_attempts: int = 3,
         ray_head_port: int | None = None,
         priority_aging: float | None = None,
+        max_workflow_code_bytes: int | None = None,
     ) -> None:
         self.executor = executor
         self.ray_head_port = ray_head_port
@@ -80,11 +84,17 @@ class Orchestrator:
         self._local_resources = local_resources
         self._max_attempts = max_attempts
         self._priority_aging = priority_aging
+        self._max_workflow_code_bytes = max_workflow_code_bytes
         self._message_bus: MessageBus | None = None
         self._scheduler: Scheduler | None = None
         self.resource_manager = ResourceManager()
         self._workflows: dict[str, Workflow] = {}
         self._run_contexts: dict[str, BaseContext] = {}
+        #: workers registered through the API (node id -> address), and those disconnected
+        #: since: the scheduler's view of them lags behind this loop
+        self._workers: dict[str, str] = {}
+        self._disconnected: set[str] = set()
+        self._addresses: frozenset[str] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -141,7 +151,9 @@ class Orchestrator:
         workflow_id = workflow_id or str(uuid.uuid4())
         if workflow_id in self._workflows:
             raise LatticeInputError(f"workflow {workflow_id} already exists")
-        workflow = self._workflows[workflow_id] = Workflow(workflow_id)
+        workflow = self._workflows[workflow_id] = Workflow(
+            workflow_id, max_code_bytes=self._max_workflow_code_bytes
+        )
         self._observer.workflow_created(workflow_id)
         return workflow
 
@@ -384,19 +396,80 @@ class Orchestrator:
     # --- workers ----------------------------------------------------------------------------
 
     def add_worker(
-        self, node_ip: str, node_id: str, resources: dict[str, Any] | NodeResources
+        self,
+        node_ip: str,
+        node_id: str,
+        resources: dict[str, Any] | NodeResources,
+        *,
+        peer: str | None = None,
     ) -> None:
+        """Register (or re-register) worker node ``node_id`` at ``node_ip`` with ``resources``.
+
+        ``peer`` is the address the request came from (None: called in-process). Checked
+        here, before anything is sent (see :mod:`registration`).
+
+        Raises:
+            InvalidResourceError: ``resources`` are malformed, not finite or out of bounds.
+            ForbiddenError: the head's own node, or a node other than the caller's.
+            NodeNotFoundError: the cluster has no alive node ``node_id``.
+            LatticeUsageError: this head's executor takes no workers.
+        """
         parsed = (
             resources
             if isinstance(resources, NodeResources)
             else NodeResources.from_wire(resources)
         )
+        nodes = self.executor.cluster_nodes()
+        registration.check_register(
+            node_id,
+            node_ip,
+            peer=peer,
+            head_node_id=self._head_node_id(),
+            members=registration.cluster_members(nodes) if nodes else None,
+            own_addresses=self._own_addresses(),
+        )
+        self._workers[node_id] = node_ip
+        self._disconnected.discard(node_id)
         self._bus.send_to_scheduler(
             Message(MessageType.START_WORKER, StartWorkerData(node_id, node_ip, parsed))
         )
 
-    def remove_worker(self, node_id: str) -> None:
+    def remove_worker(self, node_id: str, *, peer: str | None = None) -> None:
+        """Stop placing tasks on ``node_id``; tasks running there finish.
+
+        Raises:
+            ForbiddenError: the head's own node, or a node other than the caller's.
+            NodeNotFoundError: no such node, or it was disconnected already.
+        """
+        known = {n["node_id"]: n for n in self.nodes()}
+        address = self._workers.get(node_id)
+        if address is None and node_id in known:
+            address = str(known[node_id]["node_ip"])
+        connected = node_id not in self._disconnected and (
+            node_id in self._workers or known.get(node_id, {}).get("state") == "alive"
+        )
+        registration.check_disconnect(
+            node_id,
+            peer=peer,
+            head_node_id=self._head_node_id(),
+            node_address=address,
+            connected=connected,
+            own_addresses=self._own_addresses(),
+        )
+        self._disconnected.add(node_id)
         self._bus.send_to_scheduler(Message(MessageType.STOP_WORKER, StopWorkerData(node_id)))
+
+    def _head_node_id(self) -> str | None:
+        # The executor knows which node is the head's own (the resource manager's first
+        # node is that only on a cluster the head started itself).
+        return self.executor.own_node_id() or self.resource_manager.head_node_id
+
+    def _own_addresses(self) -> frozenset[str]:
+        if self._addresses is None:
+            self._addresses = frozenset(
+                a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+            )
+        return self._addresses
 
     async def queue_view(self, timeout: float = 10.0) -> QueueView:
         """What is queued and why, as the scheduler sees it now (asked on its thread)."""

@@ -8,7 +8,7 @@ from enum import Enum
 from typing import Any
 
 from lattice.exceptions import InvalidResourceError
-from lattice.vocabulary import MB, TaskResourceRequirements
+from lattice.vocabulary import MB, RESOURCE_LIMITS, TaskResourceRequirements, bounded_number
 
 _EPS = 1e-9
 
@@ -52,27 +52,21 @@ class NodeResources:
                 f"unknown node resource key(s) {', '.join(map(repr, unknown))}; "
                 f"allowed: {', '.join(sorted(allowed))}"
             )
-        cpu = data.get("cpu", 0)
-        mem = data.get("cpu_mem", 0)
-        for key, value in (("cpu", cpu), ("cpu_mem", mem)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise InvalidResourceError(f"node resource {key!r} must be a number >= 0")
-        gpus: dict[int, GpuResource] = {}
+        cpu = bounded_number("cpu", data.get("cpu", 0), integer=False)
+        mem = bounded_number("cpu_mem", data.get("cpu_mem", 0), integer=False)
         raw_gpus = data.get("gpu_resource") or {}
         if not isinstance(raw_gpus, dict):
             raise InvalidResourceError("node resource 'gpu_resource' must be an object")
+        if len(raw_gpus) > RESOURCE_LIMITS["gpu"]:
+            raise InvalidResourceError(
+                f"node resource 'gpu_resource' lists more than {RESOURCE_LIMITS['gpu']} GPUs"
+            )
+        gpus: dict[int, GpuResource] = {}
         for key, spec in raw_gpus.items():
-            if not isinstance(spec, dict):
-                raise InvalidResourceError(f"gpu_resource[{key!r}] must be an object")
-            try:
-                gpu_id = int(spec.get("gpu_id", key) or 0)
-                gpu_mem = int(spec.get("gpu_mem", 0))
-                count = int(spec.get("gpu_num", 1))
-            except (TypeError, ValueError) as exc:
-                raise InvalidResourceError(f"gpu_resource[{key!r}]: {exc}") from exc
-            if gpu_mem < 0 or count < 1:
-                raise InvalidResourceError(f"gpu_resource[{key!r}] has a negative size")
-            gpus[gpu_id] = GpuResource(gpu_id, gpu_mem, gpu_mem, count)
+            gpu = _gpu_from_wire(str(key), spec)
+            if gpu.gpu_id in gpus:
+                raise InvalidResourceError(f"gpu_resource[{key!r}]: GPU {gpu.gpu_id} listed twice")
+            gpus[gpu.gpu_id] = gpu
         return cls(cpu_count=float(cpu), memory_bytes=int(mem * MB), gpu_resources=gpus)
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,6 +81,24 @@ class NodeResources:
                 for g in self.gpu_resources.values()
             },
         }
+
+
+def _gpu_from_wire(key: str, spec: Any) -> GpuResource:
+    """One entry of ``gpu_resource``: ``{"gpu_id", "gpu_mem" (MB), "gpu_num"}``, each bounded."""
+    if not isinstance(spec, dict):
+        raise InvalidResourceError(f"gpu_resource[{key!r}] must be an object")
+    where = f"gpu_resource[{key!r}]"
+    raw_id = spec.get("gpu_id", int(key) if key.isdigit() else None)
+    gpu_id = bounded_number(f"{where}.gpu_id", raw_id, integer=True, limit=RESOURCE_LIMITS["gpu"])
+    gpu_mem = bounded_number(
+        f"{where}.gpu_mem", spec.get("gpu_mem", 0), integer=False, limit=RESOURCE_LIMITS["gpu_mem"]
+    )
+    count = bounded_number(
+        f"{where}.gpu_num", spec.get("gpu_num", 1), integer=True, limit=RESOURCE_LIMITS["gpu"]
+    )
+    if count < 1:
+        raise InvalidResourceError(f"{where}.gpu_num must be at least 1")
+    return GpuResource(int(gpu_id), int(gpu_mem), int(gpu_mem), int(count))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ so concurrent runs of one workflow never see each other's completions.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import networkx as nx
 from lattice.core.workflow.inputs import (
     InputParam,
     InputSchema,
+    TaskRef,
     parse_task_input,
     parse_task_output,
 )
@@ -26,7 +28,9 @@ from lattice.exceptions import (
     InvalidReferenceError,
     LatticeInputError,
     TaskNotFoundError,
+    TooLargeError,
 )
+from lattice.executor.source import find_function, source_payload
 from lattice.serialization import decode_code
 from lattice.vocabulary import (
     DEFAULT_PRIORITY,
@@ -104,9 +108,13 @@ class CodeTask(BaseTask):
 
     def save(self, config: CodeTaskConfig) -> None:
         """Validate everything, then store it; on any error nothing changes."""
-        if not config.serialized_code:
-            raise LatticeInputError("code_ser (or serialized_code) is required")
-        code = decode_code(config.serialized_code)
+        if config.serialized_code:
+            code = decode_code(config.serialized_code)
+        elif config.code_str:
+            # Source alone: parsed here, compiled only where the task runs (executor.source).
+            code = source_payload(config.code_str, find_function(config.code_str, self.task_name))
+        else:
+            raise LatticeInputError("code_ser (or serialized_code) or code_str is required")
         inputs = parse_task_input(config.task_input)
         outputs = parse_task_output(config.task_output)
         requirements = TaskResourceRequirements.from_dict(config.resources)
@@ -201,11 +209,26 @@ class CodeTaskDraft:
     config: CodeTaskConfig
 
 
+#: how the reference implementation's client prefixes an output key in ``from_task`` values
+REFERENCE_CLIENT_PREFIX = "output."
+
+
+def _code_size(task: BaseTask) -> int:
+    """Characters of code ``task`` stores: serialized code and source."""
+    if isinstance(task, LangGraphTask):
+        return len(task.serialized_code)
+    if isinstance(task, CodeTask) and task.config is not None:
+        return len(task.config.serialized_code or "") + len(task.config.code_str or "")
+    return 0
+
+
 class Workflow:
     """A DAG of tasks. Not thread-safe: the orchestrator owns it on one thread."""
 
-    def __init__(self, workflow_id: str) -> None:
+    def __init__(self, workflow_id: str, *, max_code_bytes: int | None = None) -> None:
         self.workflow_id = workflow_id
+        #: the most code (serialized and source, all tasks together) the workflow may hold
+        self.max_code_bytes = max_code_bytes
         self._tasks: dict[str, BaseTask] = {}
         self._graph: nx.DiGraph = nx.DiGraph()
 
@@ -214,6 +237,7 @@ class Workflow:
     def add_task(self, task_id: str, task: BaseTask) -> None:
         if task_id in self._tasks:
             raise LatticeInputError(f"task {task_id} already exists in workflow {self.workflow_id}")
+        self._check_code_size(task_id, task)
         self._tasks[task_id] = task
         self._graph.add_node(task_id)
 
@@ -307,6 +331,34 @@ class Workflow:
                 del self._tasks[task_id]
             raise
 
+    def _resolve_reference_form(self, param: InputParam) -> InputParam:
+        """``{task_id}.output.{key}`` (what the reference client writes) means output ``key``,
+        unless the source task declares an output literally named ``output.{key}`` (then it
+        is spec/001 §5.2's ``{task_id}.{output_key}``). A source not saved yet is taken to
+        declare no such output."""
+        ref = param.ref
+        prefix = REFERENCE_CLIENT_PREFIX
+        if ref is None or not ref.output_key.startswith(prefix) or ref.output_key == prefix:
+            return param
+        src = self._tasks.get(ref.task_id)
+        if isinstance(src, CodeTask) and src.saved and ref.output_key in src.outputs:
+            return param
+        key = ref.output_key.removeprefix(prefix)
+        return dataclasses.replace(param, ref=TaskRef(ref.task_id, key))
+
+    def _check_code_size(self, task_id: str, task: BaseTask) -> None:
+        """Refuse ``task`` (replacing ``task_id``, if there is one) when the workflow's code
+        would exceed :attr:`max_code_bytes`: stored code is kept as long as the workflow."""
+        if self.max_code_bytes is None:
+            return
+        others = sum(_code_size(t) for tid, t in self._tasks.items() if tid != task_id)
+        total = others + _code_size(task)
+        if total > self.max_code_bytes:
+            raise TooLargeError(
+                f"workflow {self.workflow_id} would hold {total} bytes of code, over its limit "
+                f"of {self.max_code_bytes} (the server's --max-workflow-code-mb)"
+            )
+
     def _references_between(self, source: str, target: str) -> list[InputParam]:
         task = self._tasks.get(target)
         if not isinstance(task, CodeTask):
@@ -325,7 +377,11 @@ class Workflow:
         inputs. Validates references and cycles first: on any error nothing changes."""
         task = self.get_code_task(task_id)
         trial = copy.copy(task)
+        if task_name:
+            trial.task_name = task_name  # before save: a source-only task is found by its name
         trial.save(config)
+        trial.inputs = tuple(self._resolve_reference_form(p) for p in trial.inputs)
+        self._check_code_size(task_id, trial)
         sources: list[str] = []
         for param in trial.references():
             assert param.ref is not None

@@ -317,6 +317,11 @@ class RayExecutor(ExecutorBackend):
         self._require_initialized()
         return _ray_nodes()
 
+    def own_node_id(self) -> str:
+        """The Ray node this executor's driver (the head) runs on."""
+        self._require_initialized()
+        return str(ray.get_runtime_context().get_node_id())
+
     def alive_node_ids(self) -> set[str]:
         """Ids of the nodes Ray counts alive. Raises LatticeWorldError like cluster_nodes."""
         self._require_initialized()

@@ -36,7 +36,7 @@ UNLISTED_ROUTES = [
 
 def every_http_route() -> list[tuple[str, str]]:
     """(method, path) of every HTTP route of the app, path parameters filled in."""
-    schema = create_app(ServerSettings(executor="local", token="t")).openapi()
+    schema = create_app(ServerSettings(executor="local", token="t" * 16)).openapi()
     routes = [
         (method.upper(), re.sub(r"\{[^}]+\}", "some-id", path))
         for path, operations in schema["paths"].items()
@@ -163,7 +163,7 @@ def test_loopback_needs_no_token(host: str) -> None:
 
 
 def test_public_address_with_a_token_is_allowed() -> None:
-    ServerSettings(host="0.0.0.0", executor="local", token="s3cret").check()
+    ServerSettings(host="0.0.0.0", executor="local", token="s3cret-s3cret-s3cret").check()
 
 
 # --- CORS ---------------------------------------------------------------------------------
@@ -187,7 +187,9 @@ def test_no_cors_origins_by_default(api_server: InProcessServer) -> None:
         answer = preflight(api_server.url, origin)
         assert "access-control-allow-origin" not in answer.headers
         simple = httpx.get(f"{api_server.url}/health", headers={"Origin": origin})
-        assert simple.status_code == 200
+        # No page of another site may use the head: refused, and unreadable to it.
+        assert simple.status_code == 403, simple.text
+        assert "may not use this Lattice head" in simple.json()["detail"]
         assert "access-control-allow-origin" not in simple.headers
 
 
@@ -220,7 +222,7 @@ def test_requests_from_the_configured_origin_carry_cors_headers(
     # The page can read why it was refused.
     assert refused.status_code == 401
     assert refused.headers["access-control-allow-origin"] == CORS_ORIGIN
-    assert other.status_code == 200 and "access-control-allow-origin" not in other.headers
+    assert other.status_code == 403 and "access-control-allow-origin" not in other.headers
 
 
 def test_docs_need_the_token_too(http: httpx.Client) -> None:
