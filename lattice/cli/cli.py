@@ -43,6 +43,7 @@ def _head_settings(args: argparse.Namespace) -> ServerSettings:
         cors_origins=tuple(args.cors_origin or ()),
         max_finished_runs=args.max_finished_runs,
         max_attempts=args.max_attempts,
+        join_grace=args.join_grace,
         sandbox=sandbox,
         metrics_enabled=not args.no_metrics,
         metrics_exporter=args.metrics_exporter,
@@ -135,6 +136,14 @@ def _add_head_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=3,
         help="dispatches of a task whose node died (default 3)",
+    )
+    g.add_argument(
+        "--join-grace",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds a node Ray reports may take to register what it offers; tasks only it "
+        "might hold wait meanwhile (default 30)",
     )
     s = p.add_argument_group("sandbox")
     s.add_argument(

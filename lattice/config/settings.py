@@ -45,6 +45,9 @@ class ServerSettings:
     max_finished_runs: int = 1000
     #: dispatches of a task whose node died, before its run fails
     max_attempts: int = 3
+    #: seconds a node Ray reports may stay unregistered before it counts with Ray's figures
+    #: (tasks only it might hold wait meanwhile; docs/distributed.md, Joining nodes)
+    join_grace: float = 30.0
     sandbox: SandboxSpec = field(default_factory=SandboxSpec)
     metrics_enabled: bool = True
     metrics_exporter: str = "prometheus"
@@ -61,6 +64,8 @@ class ServerSettings:
             )
         if self.max_attempts < 1:
             raise LatticeUsageError("max_attempts must be >= 1")
+        if self.join_grace < 0:
+            raise LatticeUsageError("join_grace must be >= 0 seconds")
         if self.ray_node_ports is not None and (self.executor != "ray" or self.ray_port is None):
             raise LatticeUsageError(
                 "ray_node_ports (--ray-node-ports) applies to the Ray head this server starts "

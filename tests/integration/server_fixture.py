@@ -140,6 +140,7 @@ class HeadProcess:
         self.proc: subprocess.Popen[str] | None = None
         self._ready = threading.Event()
         self._eof = threading.Event()
+        self._new_line = threading.Condition()
         self._reader: threading.Thread | None = None
 
     @property
@@ -183,12 +184,33 @@ class HeadProcess:
         assert self.proc is not None and self.proc.stdout is not None
         started = False
         for line in self.proc.stdout:
-            self.lines.append(line)
+            with self._new_line:
+                self.lines.append(line)
+                self._new_line.notify_all()
             started = started or READY_LINE in line
             if started and LISTENING_LINE in line:
                 self._ready.set()
         self._ready.set()  # EOF: the child exited; start() sees that
-        self._eof.set()
+        with self._new_line:
+            self._eof.set()
+            self._new_line.notify_all()
+
+    def wait_for_line(self, text: str, timeout: float) -> str:
+        """Block until the child prints a line containing ``text``; return that line.
+
+        Raises:
+            TimeoutError: no such line within ``timeout`` seconds, or the child exited.
+        """
+
+        def found() -> str | None:
+            return next((line for line in self.lines if text in line), None)
+
+        with self._new_line:
+            self._new_line.wait_for(lambda: found() is not None or self._eof.is_set(), timeout)
+            line = found()
+        if line is None:
+            raise TimeoutError(f"the head did not print {text!r}:\n{self.output}")
+        return line
 
     def wait(self, timeout: float) -> int:
         """Wait for the child to exit by itself; return its exit code, with output read."""
