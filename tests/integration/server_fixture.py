@@ -130,11 +130,19 @@ class HeadProcess:
     """
 
     def __init__(
-        self, cli_args: Sequence[str], *, port: int | None = None, env: dict[str, str] | None = None
+        self,
+        cli_args: Sequence[str],
+        *,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        wrap: Sequence[str] = (),
     ) -> None:
-        self.args = [sys.executable, "-m", "lattice.cli.cli", *cli_args]
-        #: the API port given in ``cli_args``, for :attr:`url`
+        #: ``wrap``: a command the CLI runs under, e.g. ``ip netns exec NAME``
+        self.args = [*wrap, sys.executable, "-m", "lattice.cli.cli", *cli_args]
+        #: the API port given in ``cli_args`` and the address it is reached at, for :attr:`url`
         self.port = port
+        self.host = host
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.lines: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
@@ -146,7 +154,7 @@ class HeadProcess:
     @property
     def url(self) -> str:
         assert self.port is not None, "HeadProcess(port=...) was not given"
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def output(self) -> str:

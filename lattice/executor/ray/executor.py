@@ -425,14 +425,17 @@ class RayExecutor(ExecutorBackend):
         packed = pack(submission, drop_code=code is not None)
         if kind is not None and (not pinned or node.node_id in self._alive):
             strategy = _affinity(node.node_id) if pinned else None
+            cpu = submission.requirements.cpu
             if kind is HostKind.SHARED:
-                host = hosts.get(node.node_id, strategy)
+                host = hosts.share(node.node_id, strategy, cpu)
             else:
                 host = hosts.acquire(node.node_id, strategy)
             on_lost = functools.partial(hosts.forget, host)
             handle = _send_to_host(host, submission, where, packed, code, on_lost)
             if kind is HostKind.PROCESS:
                 handle.on_ended(lambda: hosts.release(host))
+            else:
+                handle.on_ended(lambda: hosts.unshare(host, cpu))
             return handle
         remote = self._task_options(submission, pinned)
         ref = remote.remote(packed.payload, packed.upstream, code, sandbox, *packed.refs)
