@@ -100,12 +100,14 @@ class Dag:
     size: int
 
 
-def build_dag(client: LatticeClient, leaves: int = 9_898, group: int = 99) -> Dag:
+def build_dag(
+    client: LatticeClient, leaves: int = 9_898, group: int = 99, mixed: bool = True
+) -> Dag:
     """source -> ``leaves`` tasks of mixed requests -> sinks of ``group`` leaves -> final.
 
     The defaults make 10 000 tasks (1 + 9 898 + 100 + 1). Of the leaves, one in 600 asks for
     a quarter of a GPU (only the GPU worker has one), one in 600 for two CPUs (the head has
-    one), one in 50 for one CPU, the rest for 0.05 CPU.
+    one), one in 50 for one CPU, the rest for 0.05 CPU. Not ``mixed``: every leaf 0.05 CPU.
     """
     wf = client.create_workflow()
     x = 3
@@ -116,7 +118,9 @@ def build_dag(client: LatticeClient, leaves: int = 9_898, group: int = 99) -> Da
     batch: list[LatticeTask] = []
     for i in range(leaves):
         kind, fn = (
-            ("gpu", quarter_gpu)
+            ("light", light)
+            if not mixed
+            else ("gpu", quarter_gpu)
             if i % 600 == 0
             else ("cpu2", two_cpus)
             if i % 600 == 300
