@@ -6,8 +6,8 @@ scheduler:
 * placement is Lattice's: a submission for a Ray node runs there (hard node affinity), one for
   the single-machine node id ``"local"`` runs wherever Ray likes;
 * tasks without GPU or sandbox run on task hosts, long-lived Ray actors of their node
-  (:mod:`lattice.executor.ray.hosts`): light tasks (``cpu < 1``, typically I/O-bound) on
-  threads of a shared host, one-CPU tasks alone in a process host; they reach their host over
+  (:mod:`lattice.executor.ray.hosts`): tasks of a fractional share (``cpu < 1``) on threads
+  of shared hosts that hold one CPU's worth each, one-CPU tasks alone in a process host; they reach their host over
   its connection to the head (:mod:`lattice.executor.ray.channel`), or as Ray calls when they
   need the object store. Other tasks (more than one CPU, a GPU, a sandbox) are Ray tasks in a
   worker process of their own;
@@ -381,7 +381,7 @@ class RayExecutor(ExecutorBackend):
         """Start ``submission`` on its node; the handle reports its outcome.
 
         A task without GPU or sandbox runs on a task host of its node (see
-        :mod:`~lattice.executor.ray.hosts`: a thread of the shared host for ``cpu < 1``, a
+        :mod:`~lattice.executor.ray.hosts`: a thread of a shared host for ``cpu < 1``, a
         process host of its own otherwise), created on first use, and only on a node seen
         alive, so that one pinned to a node that is gone comes back lost as a Ray task does.
         It goes over the host's connection when it can (see

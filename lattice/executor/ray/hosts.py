@@ -80,8 +80,8 @@ from lattice.executor.runner import error_info, execute
 
 logger = logging.getLogger(__name__)
 
-#: threads of a shared host: how many light tasks can run at once on a node (more wait in its
-#: queue; the ResourceManager usually admits far fewer)
+#: threads of a shared host: how many light tasks can run at once on it (more wait in its
+#: queue; one CPU's worth of shares, as the pool packs them, is usually far fewer)
 HOST_CONCURRENCY = 256
 #: Ray's threads of a process host: its connection, and the Ray calls that fetch a kept outcome
 #: or run a task that needs the object store (one task runs at a time all the same)
