@@ -28,29 +28,13 @@ from typing import Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
+from benchmarks.workloads import burn, calibrate, check
 from lattice import LangGraphClient
 
 TARGET_RATIO = 0.6
 NODE_SECONDS = 0.4
 BRANCHES = 4
 RESULTS = Path(__file__).resolve().parent / "results" / "langgraph.json"
-
-
-def burn(rounds: int, seed: int) -> int:
-    """Pure-Python CPU work (holds the GIL throughout); a checksum of it."""
-    acc = seed
-    for i in range(rounds):
-        acc = (acc * 1103515245 + i) % 2147483648
-    return acc
-
-
-def calibrate(seconds: float) -> int:
-    """Rounds of :func:`burn` that take about ``seconds`` in this process: a short probe
-    (best of 3) gives a first guess, one full-length run corrects it."""
-    probe = 200_000
-    best = min(_timed(lambda: burn(probe, 1)) for _ in range(3))
-    rounds = max(1, int(probe * seconds / best))
-    return max(1, int(rounds * seconds / _timed(lambda: burn(rounds, 1))))
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -115,7 +99,6 @@ def run(url: str, reps: int, calls: int) -> dict[str, Any]:
         native_times: list[float] = []
         lattice_times: list[float] = []
         expected = canonical(native.invoke({"rounds": rounds}))
-        identical = True
         for _ in range(reps):
             start = time.perf_counter()
             native_out = native.invoke({"rounds": rounds})
@@ -123,7 +106,10 @@ def run(url: str, reps: int, calls: int) -> dict[str, Any]:
             start = time.perf_counter()
             lattice_out = remote.invoke({"rounds": rounds})
             lattice_times.append(time.perf_counter() - start)
-            identical &= canonical(native_out) == expected == canonical(lattice_out)
+            # A wrong result stops the benchmark: it would measure nothing.
+            check(canonical(native_out) == expected, "native LangGraph fan-out")
+            check(canonical(lattice_out) == expected, "LangGraph fan-out on Lattice")
+        identical = True
 
         remote_noop = client.task(noop)
         native_noop_ms = _per_call_ms(noop, calls)
@@ -162,6 +148,27 @@ def run(url: str, reps: int, calls: int) -> dict[str, Any]:
         "noop_lattice_median_ms": round(lattice_noop_ms, 3),
         "per_call_overhead_ms": round(lattice_noop_ms - native_noop_ms, 3),
     }
+
+
+def fractional(url: str, reps: int, share: float = 0.5) -> dict[str, Any]:
+    """The four branches declared ``cpu=share``, against the same graph with ``cpu=1`` nodes
+    (and natively), on the head at ``url``: seconds of each, results checked every time."""
+    native = build_graph(lambda f: f)
+    with LangGraphClient(url) as client:
+        shared = build_graph(client.task(cpu=share))
+        whole = build_graph(client.task(cpu=1))
+        for graph in (shared, whole):
+            graph.invoke({"rounds": 1000})  # warm-up: hosts load Lattice and the code
+        rounds = calibrate(NODE_SECONDS)
+        expected = canonical(native.invoke({"rounds": rounds}))
+        times: dict[str, list[float]] = {"share": [], "cpu1": [], "native": []}
+        for _ in range(reps):
+            for name, graph in (("share", shared), ("cpu1", whole), ("native", native)):
+                start = time.perf_counter()
+                out = graph.invoke({"rounds": rounds})
+                times[name].append(time.perf_counter() - start)
+                check(canonical(out) == expected, f"LangGraph fan-out ({name})")
+    return {"share": share, "rounds": rounds, **{f"{k}_s": v for k, v in times.items()}}
 
 
 def _per_call_ms(fn: Callable[[dict[str, Any]], Any], calls: int) -> float:
@@ -211,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run(head.url, args.reps, args.calls)
         result["head_num_cpus"] = args.num_cpus
     report(result)
-    return 0
+    return 0 if result["passed"] else 1
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 :class:`PlainRay` starts a private Ray (``ray.init(address="local", num_cpus=2)``) in the
 benchmark process. It is a cluster of its own, separate from the one the Lattice head runs in
 its process; both share the machine's cores, so the suite never runs the two at the same time.
-Each method runs one repetition and returns seconds. Remote functions use Ray's defaults
-(``num_cpus=1``) unless the workload says otherwise, as a Ray user would write them.
+Each method runs one repetition, checks what it computed and returns seconds. Every remote
+function asks for what the Lattice side of the same row asks for: ``num_cpus=1`` (Ray's
+default) against Lattice's default ``cpu 1``, ``num_cpus=0.1`` against ``cpu 0.1``, and so on.
 """
 
 from __future__ import annotations
@@ -54,46 +55,72 @@ class PlainRay:
         def array_sum(array: Any) -> float:
             return float(array.sum())
 
-        self.noop = ray.remote(noop)
-        self.light_noop = ray.remote(num_cpus=0.1)(noop)
-        self.count = ray.remote(count)
+        def burn(rounds: int, seed: int) -> int:
+            return w.burn(rounds, seed)
+
+        #: by CPU request: the no-op and the fan-out's sink
+        self.noop = {1.0: ray.remote(noop), 0.1: ray.remote(num_cpus=0.1)(noop)}
+        self.count = {1.0: ray.remote(count), 0.1: ray.remote(num_cpus=0.1)(count)}
         self.join = ray.remote(num_cpus=0.1)(join)
         self.tool = ray.remote(num_cpus=0.1)(wait)
-        #: what the issue describes: a Ray user's I/O-bound task asks for no CPU at all
-        self.llm = ray.remote(num_cpus=0)(wait)
+        self.llm = ray.remote(num_cpus=w.LLM_CPU)(wait)
         self.make_array = ray.remote(make_array)
         self.array_sum = ray.remote(array_sum)
+        self.burn = ray.remote(num_cpus=w.FRACTION)(burn)
 
     def close(self) -> None:
         self._ray.shutdown()
 
     # --- workloads --------------------------------------------------------------------------
 
-    def chain(self, length: int) -> float:
-        """``length`` dependent no-op tasks, ``ray.get`` on each before submitting the next."""
-        ray = self._ray
+    def chain(self, length: int, cpu: float) -> float:
+        """``length`` dependent no-op tasks of ``cpu``, ``ray.get`` on each before submitting
+        the next (the driver sees every hop, as Lattice's head does)."""
+        ray, noop = self._ray, self.noop[cpu]
         start = time.perf_counter()
         x = 7
         for _ in range(length):
-            x = ray.get(self.noop.remote(x))
+            x = ray.get(noop.remote(x))
         seconds = time.perf_counter() - start
         w.check(x == 7, "plain Ray chain")
         return seconds
 
-    def fanout(self) -> float:
-        ray = self._ray
+    def chain_refs(self, length: int, cpu: float) -> float:
+        """The same chain with each task's ref passed to the next and one ``ray.get`` at the
+        end: Ray resolves the hops among its workers, without the driver."""
+        ray, noop = self._ray, self.noop[cpu]
         start = time.perf_counter()
-        source = self.noop.remote(1)
-        middle = [self.noop.remote(source) for _ in range(w.FANOUT_WIDTH)]
-        n = ray.get(self.count.remote(*middle))
+        ref = noop.remote(7)
+        for _ in range(length - 1):
+            ref = noop.remote(ref)
+        x = ray.get(ref)
+        seconds = time.perf_counter() - start
+        w.check(x == 7, "plain Ray chain (refs)")
+        return seconds
+
+    def fanout(self, cpu: float) -> float:
+        ray, noop = self._ray, self.noop[cpu]
+        start = time.perf_counter()
+        source = noop.remote(1)
+        middle = [noop.remote(source) for _ in range(w.FANOUT_WIDTH)]
+        n = ray.get(self.count[cpu].remote(*middle))
         seconds = time.perf_counter() - start
         w.check(n == w.FANOUT_WIDTH, "plain Ray fan-out")
+        return seconds
+
+    def fractional(self, rounds: int, expected: list[int]) -> float:
+        """FRACTIONAL_TASKS CPU-bound tasks of ``num_cpus=FRACTION`` at once."""
+        ray = self._ray
+        start = time.perf_counter()
+        sums = ray.get([self.burn.remote(rounds, i) for i in range(w.FRACTIONAL_TASKS)])
+        seconds = time.perf_counter() - start
+        w.check(sums == expected, "plain Ray fractional CPU")
         return seconds
 
     def agent(self) -> float:
         ray = self._ray
         start = time.perf_counter()
-        plan = self.light_noop.remote("topics")
+        plan = self.noop[0.1].remote("topics")
         tools = [self.tool.remote(w.TOOL_SECONDS, plan) for _ in range(3)]
         answer = ray.get(self.join.remote(*tools))
         seconds = time.perf_counter() - start
@@ -116,13 +143,15 @@ class PlainRay:
         w.check(total == 2.0 * w.ARRAY_ITEMS, "plain Ray 50 MB array")
         return seconds
 
-    def clients(self) -> float:
-        """CLIENTS driver threads at once, each with CLIENT_TASKS no-op tasks."""
-        ray = self._ray
+    def clients(self, cpu: float) -> float:
+        """CLIENTS driver threads at once, each with CLIENT_TASKS no-op tasks of ``cpu``."""
+        ray, noop = self._ray, self.noop[cpu]
 
         def one_client(start: Callable[[], None]) -> float:
             start()
-            ray.get([self.noop.remote(i) for i in range(w.CLIENT_TASKS)])
-            return time.perf_counter()
+            got = ray.get([noop.remote(i) for i in range(w.CLIENT_TASKS)])
+            finished = time.perf_counter()
+            w.check(got == list(range(w.CLIENT_TASKS)), "plain Ray clients")
+            return finished
 
         return w.concurrently(w.CLIENTS, one_client)

@@ -69,17 +69,24 @@ def alternate(
 ) -> tuple[list[float], list[float]]:
     """Run ``warmup`` untimed rounds, then ``reps`` timed ones, Lattice and the baseline taking
     turns, so that a machine busy with something else slows both alike."""
-    for _ in range(warmup):
-        lattice()
-        if baseline is not None:
-            baseline()
-    ours: list[float] = []
-    theirs: list[float] = []
-    for _ in range(reps):
-        ours.append(lattice())
-        if baseline is not None:
-            theirs.append(baseline())
+    if baseline is None:
+        (ours,) = rotate([lattice], reps, warmup)
+        return ours, []
+    ours, theirs = rotate([lattice, baseline], reps, warmup)
     return ours, theirs
+
+
+def rotate(sides: Sequence[Callable[[], float]], reps: int, warmup: int) -> list[list[float]]:
+    """:func:`alternate` for any number of sides: each round runs every side once, in turn;
+    the samples of each side."""
+    for _ in range(warmup):
+        for side in sides:
+            side()
+    samples: list[list[float]] = [[] for _ in sides]
+    for _ in range(reps):
+        for side, got in zip(sides, samples, strict=True):
+            got.append(side())
+    return samples
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -146,6 +153,22 @@ def write_json(rows: Sequence[Row], settings: dict[str, Any], path: Path = RESUL
             for r in rows
         ],
     }
+    doc["commit"] = _commit()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    text = json.dumps(doc, indent=2) + "\n"
+    path.write_text(text)
+    # Kept beside latest.json under the run's date and commit: the samples behind a table in
+    # docs/benchmarks.md stay in the repository.
+    path.with_name(f"{doc['date']}-{doc['commit']}.json").write_text(text)
     return path
+
+
+def _commit() -> str:
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=RESULTS.parent.parent,
+    )
+    return done.stdout.strip() or "unknown"

@@ -19,7 +19,17 @@ import psutil
 
 from benchmarks import workloads as w
 from benchmarks.plain_ray import PlainRay
-from benchmarks.report import Row, Target, alternate, median, ms, secs, table, write_json
+from benchmarks.report import (
+    Row,
+    Target,
+    alternate,
+    median,
+    ms,
+    rotate,
+    secs,
+    table,
+    write_json,
+)
 from lattice import LatticeClient
 from lattice.utils.head import LocalHead
 
@@ -45,54 +55,82 @@ class Bench:
 # --- workloads: each returns its rows -------------------------------------------------------
 
 
+#: the per-task requests each workload is run with: (label, cpu_bound, Ray's num_cpus)
+REQUESTS = (("cpu 0.1", False, 0.1), ("cpu 1", True, 1.0))
+
+
 def chain(b: Bench) -> list[Row]:
     """Per dependent hop: the slope between a chain of CHAIN_LENGTH and a chain of one, so the
-    fixed cost of a run (run(), opening the result stream) is not counted as hops."""
+    fixed cost of a run (run(), opening the result stream) is not counted as hops. Plain Ray
+    both ways: ``ray.get`` on each hop (the driver sees every hop, as Lattice's head does),
+    and refs passed along (Ray resolves the hops among its workers)."""
     hops = w.CHAIN_LENGTH - 1
 
-    def per_hop(run: Callable[[int], float]) -> float:
-        return (run(w.CHAIN_LENGTH) - run(1)) / hops
+    def per_hop(run: Callable[[int], float]) -> Callable[[], float]:
+        return lambda: (run(w.CHAIN_LENGTH) - run(1)) / hops
 
-    plain = lambda: per_hop(b.plain.chain)  # noqa: E731
     rows = []
-    variants = [("cpu 0.1", False)] + ([("cpu 1", True)] if b.executor == "ray" else [])
-    for label, cpu_bound in variants:
-        ours, theirs = alternate(
-            lambda cb=cpu_bound: per_hop(lambda n: w.chain_once(b.client, n, cb)),  # type: ignore[misc]
-            plain,
+    variants = REQUESTS if b.executor == "ray" else REQUESTS[:1]
+    for label, cpu_bound, cpu in variants:
+        ours, per_get, refs = rotate(
+            [
+                per_hop(lambda n, cb=cpu_bound: w.chain_once(b.client, n, cb)),  # type: ignore[misc]
+                per_hop(lambda n, c=cpu: b.plain.chain(n, c)),  # type: ignore[misc]
+                per_hop(lambda n, c=cpu: b.plain.chain_refs(n, c)),  # type: ignore[misc]
+            ],
             b.reps,
             b.warmup,
         )
-        hop, base = median(ours), median(theirs)
+        hop, base, base_refs = median(ours), median(per_get), median(refs)
         name = f"chain of {w.CHAIN_LENGTH}, per hop ({label})"
+        samples = {"lattice_s": ours, "plain_ray_get_s": per_get, "plain_ray_refs_s": refs}
         if b.executor == "ray":
             target = Target("<= 1.0x plain Ray", 1.0)
-            rows.append(
-                Row(name, b.executor, ms(hop), ms(base), hop / base, f"{hop / base:.2f}x", target)
-            )
+            row = Row(name, b.executor, ms(hop), ms(base), hop / base, f"{hop / base:.2f}x", target)
         else:
             target = Target("< 0.5 ms", 0.5)
-            rows.append(Row(name, b.executor, ms(hop), ms(base), hop * 1e3, ms(hop), target))
-        rows[-1].samples = {"lattice_s": ours, "plain_ray_s": theirs}
+            row = Row(name, b.executor, ms(hop), ms(base), hop * 1e3, ms(hop), target)
+        row.samples = samples
+        rows.append(row)
+        rows.append(
+            Row(
+                f"  same, against plain Ray passing refs along ({label})",
+                b.executor,
+                ms(hop),
+                ms(base_refs) + " (refs)",
+                hop / base_refs,
+                f"{hop / base_refs:.2f}x",
+                None,
+            )
+        )
     return rows
 
 
 def fanout(b: Bench) -> list[Row]:
     tasks = w.FANOUT_WIDTH + 2
-    ours, theirs = alternate(lambda: w.fanout_once(b.client), b.plain.fanout, b.reps, b.warmup)
-    rate, base = tasks / median(ours), tasks / median(theirs)
-    target = Target(">= 0.8x plain Ray", 0.8, at_least=True) if b.executor == "ray" else None
-    row = Row(
-        f"fan-out 1 -> {w.FANOUT_WIDTH} -> 1",
-        b.executor,
-        f"{rate:.0f} tasks/s",
-        f"{base:.0f} tasks/s",
-        rate / base,
-        f"{rate / base:.2f}x",
-        target,
-        {"lattice_s": ours, "plain_ray_s": theirs},
-    )
-    return [row]
+    rows = []
+    for label, cpu_bound, cpu in REQUESTS:
+        ours, theirs = alternate(
+            lambda cb=cpu_bound: w.fanout_once(b.client, cb),  # type: ignore[misc]
+            lambda c=cpu: b.plain.fanout(c),  # type: ignore[misc]
+            b.reps,
+            b.warmup,
+        )
+        rate, base = tasks / median(ours), tasks / median(theirs)
+        target = Target(">= 1.0x plain Ray", 1.0, at_least=True) if b.executor == "ray" else None
+        rows.append(
+            Row(
+                f"fan-out 1 -> {w.FANOUT_WIDTH} -> 1 ({label})",
+                b.executor,
+                f"{rate:.0f} tasks/s",
+                f"{base:.0f} tasks/s",
+                rate / base,
+                f"{rate / base:.2f}x",
+                target,
+                {"lattice_s": ours, "plain_ray_s": theirs},
+            )
+        )
+    return rows
 
 
 def build(b: Bench) -> list[Row]:
@@ -126,10 +164,10 @@ def io_bound(b: Bench) -> list[Row]:
     took = median(ours)
     return [
         Row(
-            f"{w.LLM_CALLS} x {w.LLM_SECONDS} s I/O-bound calls (cpu 0.05)",
+            f"{w.LLM_CALLS} x {w.LLM_SECONDS} s I/O-bound calls (cpu {w.LLM_CPU})",
             b.executor,
             secs(took),
-            secs(median(theirs)) + " (num_cpus=0)",
+            secs(median(theirs)) + f" (num_cpus={w.LLM_CPU})",
             took,
             secs(took),
             Target("< 0.75 s", 0.75),
@@ -158,9 +196,64 @@ def big_array(b: Bench) -> list[Row]:
 
 
 def clients(b: Bench) -> list[Row]:
-    ours, theirs = alternate(lambda: w.clients_once(b.url), b.plain.clients, b.reps, b.warmup)
-    name = f"{w.CLIENTS} concurrent clients x {w.CLIENT_TASKS} tasks"
-    return [_versus_plain(name, b, ours, theirs, None)]
+    rows = []
+    for label, cpu_bound, cpu in REQUESTS:
+        ours, theirs = alternate(
+            lambda cb=cpu_bound: w.clients_once(b.url, cb),  # type: ignore[misc]
+            lambda c=cpu: b.plain.clients(c),  # type: ignore[misc]
+            b.reps,
+            b.warmup,
+        )
+        name = f"{w.CLIENTS} concurrent clients x {w.CLIENT_TASKS} tasks ({label})"
+        target = Target("<= 1.0x plain Ray", 1.0) if b.executor == "ray" else None
+        rows.append(_versus_plain(name, b, ours, theirs, target))
+    return rows
+
+
+def fractional(b: Bench) -> list[Row]:
+    """FRACTIONAL_TASKS CPU-bound tasks of cpu FRACTION at once, against the same tasks at
+    cpu 1 (Lattice) and against plain Ray's ``num_cpus=FRACTION``."""
+    rounds = w.calibrate(w.FRACTIONAL_SECONDS)
+    expected = [w.burn(rounds, i) for i in range(w.FRACTIONAL_TASKS)]
+    processes: list[int] = []
+
+    def share() -> float:
+        got = w.fractional_once(b.client, rounds, expected, share=True)
+        processes.append(got["processes"])
+        return float(got["seconds"])
+
+    def whole() -> float:
+        return float(w.fractional_once(b.client, rounds, expected, share=False)["seconds"])
+
+    ours, ours_whole, theirs = rotate(
+        [share, whole, lambda: b.plain.fractional(rounds, expected)], b.reps, b.warmup
+    )
+    took, took_whole, base = median(ours), median(ours_whole), median(theirs)
+    name = f"{w.FRACTIONAL_TASKS} CPU-bound tasks of cpu {w.FRACTION}"
+    samples = {"lattice_share_s": ours, "lattice_cpu1_s": ours_whole, "plain_ray_s": theirs}
+    extra = {"rounds": rounds, "processes_per_run": processes}
+    return [
+        Row(
+            f"{name} vs the same at cpu 1",
+            b.executor,
+            secs(took),
+            secs(took_whole) + " at cpu 1",
+            took / took_whole,
+            f"{took / took_whole:.2f}x",
+            Target("<= 1.1x cpu 1", 1.1),
+            samples,
+            extra,
+        ),
+        Row(
+            f"{name} vs plain Ray",
+            b.executor,
+            secs(took),
+            secs(base) + f" (num_cpus={w.FRACTION})",
+            took / base,
+            f"{took / base:.2f}x",
+            None,
+        ),
+    ]
 
 
 def busy(b: Bench) -> list[Row]:
@@ -218,6 +311,9 @@ def langgraph(b: Bench) -> list[Row]:
     with LocalHead(executor="ray", num_cpus=lg.BRANCHES) as head:
         result = lg.run(head.url, reps, calls)
     ratio = result["ratio"]
+    # On the suite's own head (NUM_CPUS slots): branches of cpu 0.5 against the same at cpu 1.
+    frac = lg.fractional(b.url, reps)
+    share, whole, native = (median(frac[k]) for k in ("share_s", "cpu1_s", "native_s"))
     return [
         Row(
             f"LangGraph {lg.BRANCHES}-branch CPU fan-out",
@@ -238,6 +334,17 @@ def langgraph(b: Bench) -> list[Row]:
             f"{result['noop_lattice_median_ms']:.2f} ms",
             Target("< 5 ms", 5.0),
         ),
+        Row(
+            f"LangGraph {lg.BRANCHES} CPU-bound nodes of cpu {frac['share']} vs cpu 1",
+            b.executor,
+            secs(share),
+            secs(whole) + f" at cpu 1 ({secs(native)} native)",
+            share / whole,
+            f"{share / whole:.2f}x",
+            Target("<= 1.1x cpu 1", 1.1),
+            {k: frac[k] for k in ("share_s", "cpu1_s", "native_s")},
+            {"rounds": frac["rounds"], "head_num_cpus": NUM_CPUS},
+        ),
     ]
 
 
@@ -250,6 +357,7 @@ WORKLOADS: dict[str, tuple[Callable[[Bench], list[Row]], tuple[str, ...]]] = {
     "io": (io_bound, EXECUTORS),
     "array": (big_array, EXECUTORS),
     "clients": (clients, EXECUTORS),
+    "fractional": (fractional, ("ray",)),
     "busy": (busy, EXECUTORS),
     "langgraph": (langgraph, ("ray",)),
     "big-fanout": (big_fanout, EXECUTORS),

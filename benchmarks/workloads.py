@@ -11,6 +11,7 @@ package is not installed there).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,12 @@ from lattice import LatticeClient, LatticeWorkflow, task
 TOOL_SECONDS = 1.0
 LLM_SECONDS = 0.5
 LLM_CALLS = 32
+#: what each I/O-bound call asks for, on both sides
+LLM_CPU = 0.05
+#: CPU-bound tasks of a fractional share: how many, their share, their CPU seconds each
+FRACTIONAL_TASKS = 4
+FRACTION = 0.5
+FRACTIONAL_SECONDS = 0.4
 FANOUT_WIDTH = 100
 BIG_FANOUT_WIDTH = 10_000
 BUILD_TASKS = 100
@@ -36,6 +43,29 @@ RUN_TIMEOUT = 600.0
 
 
 # --- task functions -------------------------------------------------------------------------
+
+
+def burn(rounds: int, seed: int) -> int:
+    """Pure-Python CPU work (holds the GIL throughout); a checksum of it."""
+    acc = seed
+    for i in range(rounds):
+        acc = (acc * 1103515245 + i) % 2147483648
+    return acc
+
+
+def calibrate(seconds: float) -> int:
+    """Rounds of :func:`burn` that take about ``seconds`` in this process: a short probe
+    (best of 3) gives a first guess, one full-length run corrects it."""
+
+    def timed(rounds: int) -> float:
+        start = time.perf_counter()
+        burn(rounds, 1)
+        return time.perf_counter() - start
+
+    probe = 200_000
+    best = min(timed(probe) for _ in range(3))
+    rounds = max(1, int(probe * seconds / best))
+    return max(1, int(rounds * seconds / timed(rounds)))
 
 
 @task(inputs=["x"], outputs=["y"], resources={"cpu": 0.1})
@@ -55,6 +85,24 @@ def gather(params: dict[str, Any]) -> dict[str, Any]:
     return {"n": sum(1 for k in params if k.startswith("p"))}
 
 
+@task(inputs=[f"p{i}" for i in range(FANOUT_WIDTH)], outputs=["n"])
+def gather_cpu(params: dict[str, Any]) -> dict[str, Any]:
+    """:func:`gather` with the default request (cpu 1)."""
+    return {"n": sum(1 for k in params if k.startswith("p"))}
+
+
+@task(inputs=["rounds", "seed"], outputs=["checksum", "pid"], resources={"cpu": FRACTION})
+def burn_share(params: dict[str, Any]) -> dict[str, Any]:
+    """CPU-bound work declared with a fractional share (cpu 0.5)."""
+    return {"checksum": burn(params["rounds"], params["seed"]), "pid": os.getpid()}
+
+
+@task(inputs=["rounds", "seed"], outputs=["checksum", "pid"])
+def burn_whole(params: dict[str, Any]) -> dict[str, Any]:
+    """The same work with the default request (cpu 1)."""
+    return {"checksum": burn(params["rounds"], params["seed"]), "pid": os.getpid()}
+
+
 @task(inputs=["question"], outputs=["topics"], resources={"cpu": 0.1})
 def analyze(params: dict[str, Any]) -> dict[str, Any]:
     return {"topics": params["question"].split()[:3]}
@@ -71,7 +119,7 @@ def synthesize(params: dict[str, Any]) -> dict[str, Any]:
     return {"answer": " | ".join(params[k] for k in "abc")}
 
 
-@task(inputs=["prompt"], outputs=["reply"], resources={"cpu": 0.05})
+@task(inputs=["prompt"], outputs=["reply"], resources={"cpu": LLM_CPU})
 def llm_call(params: dict[str, Any]) -> dict[str, Any]:
     time.sleep(LLM_SECONDS)  # the model server thinks; this task only waits
     return {"reply": params["prompt"].upper()}
@@ -132,12 +180,14 @@ def chain_once(client: LatticeClient, length: int, cpu_bound: bool = False) -> f
     return seconds
 
 
-def fanout_once(client: LatticeClient) -> float:
-    """One source, FANOUT_WIDTH no-op tasks that read it, one sink that reads them all."""
+def fanout_once(client: LatticeClient, cpu_bound: bool = False) -> float:
+    """One source, FANOUT_WIDTH no-op tasks that read it, one sink that reads them all; all of
+    cpu 0.1, or (``cpu_bound``) of the default cpu 1."""
+    fn, sink_fn = (step_cpu, gather_cpu) if cpu_bound else (step, gather)
     wf = client.create_workflow()
-    source = wf.add_task(step, inputs={"x": 1})
-    middle = [wf.add_task(step, inputs={"x": source.outputs["y"]}) for _ in range(FANOUT_WIDTH)]
-    sink = wf.add_task(gather, inputs={f"p{i}": m.outputs["y"] for i, m in enumerate(middle)})
+    source = wf.add_task(fn, inputs={"x": 1})
+    middle = [wf.add_task(fn, inputs={"x": source.outputs["y"]}) for _ in range(FANOUT_WIDTH)]
+    sink = wf.add_task(sink_fn, inputs={f"p{i}": m.outputs["y"] for i, m in enumerate(middle)})
     seconds, outputs = timed_run(wf)
     check(outputs[sink]["n"] == FANOUT_WIDTH, "fan-out")
     return seconds
@@ -166,6 +216,19 @@ def io_bound_once(client: LatticeClient) -> float:
     seconds, outputs = timed_run(wf)
     check(all(outputs[c]["reply"] == f"Q{i}" for i, c in enumerate(calls)), "I/O-bound")
     return seconds
+
+
+def fractional_once(
+    client: LatticeClient, rounds: int, expected: list[int], share: bool
+) -> dict[str, Any]:
+    """FRACTIONAL_TASKS CPU-bound tasks at once, of cpu FRACTION (``share``) or cpu 1:
+    seconds, and how many processes ran them."""
+    fn = burn_share if share else burn_whole
+    wf = client.create_workflow()
+    tasks = [wf.add_task(fn, inputs={"rounds": rounds, "seed": i}) for i in range(FRACTIONAL_TASKS)]
+    seconds, outputs = timed_run(wf)
+    check([outputs[t]["checksum"] for t in tasks] == expected, "fractional CPU")
+    return {"seconds": seconds, "processes": len({outputs[t]["pid"] for t in tasks})}
 
 
 def big_array_once(client: LatticeClient) -> float:
@@ -222,14 +285,16 @@ def concurrently(count: int, one: Callable[[Callable[[], None]], float]) -> floa
     return max(done) - start
 
 
-def clients_once(url: str) -> float:
+def clients_once(url: str, cpu_bound: bool = False) -> float:
     """CLIENTS clients at once, each with its own connection, each running a fan-out of
-    CLIENT_TASKS no-op tasks; seconds until the last client has all its results."""
+    CLIENT_TASKS no-op tasks (cpu 0.1, or the default cpu 1); seconds until the last client
+    has all its results."""
+    fn = step_cpu if cpu_bound else step
 
     def one_client(start: Callable[[], None]) -> float:
         with LatticeClient(url, timeout=RUN_TIMEOUT) as client:
             wf = client.create_workflow()
-            tasks = [wf.add_task(step, inputs={"x": i}) for i in range(CLIENT_TASKS)]
+            tasks = [wf.add_task(fn, inputs={"x": i}) for i in range(CLIENT_TASKS)]
             start()
             outputs = wf.get_outputs(wf.run(), timeout=RUN_TIMEOUT)
             finished = time.perf_counter()

@@ -52,13 +52,14 @@ def build_orchestrator(
             ray_node_ports=settings.ray_node_ports,
             num_cpus=settings.num_cpus,
             sandbox=SandboxRunner(settings.sandbox),
+            join_grace=settings.join_grace if settings.executor == "ray" else None,
         )
     local = None
     if settings.executor == "local" and settings.num_cpus is not None:
         local = NodeResources(
             cpu_count=settings.num_cpus, memory_bytes=psutil.virtual_memory().total
         )
-    return Orchestrator(
+    orchestrator = Orchestrator(
         executor,
         observer=observer,
         store=store or InMemoryEventStore(settings.max_finished_runs),
@@ -68,6 +69,9 @@ def build_orchestrator(
         ray_head_port=settings.ray_port,
         max_workflow_code_bytes=settings.max_workflow_code_bytes,
     )
+    # Not a constructor argument of the Orchestrator (rewritten elsewhere meanwhile).
+    orchestrator.resource_manager.join_grace = settings.join_grace
+    return orchestrator
 
 
 def create_app(

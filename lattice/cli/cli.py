@@ -55,6 +55,7 @@ def _head_settings(args: argparse.Namespace) -> ServerSettings:
         max_finished_runs=args.max_finished_runs,
         max_attempts=args.max_attempts,
         priority_aging=args.priority_aging,
+        join_grace=args.join_grace,
         sandbox=sandbox,
         metrics_enabled=not args.no_metrics,
         metrics_exporter=args.metrics_exporter,
@@ -174,13 +175,21 @@ def _add_head_args(p: argparse.ArgumentParser) -> None:
         default=3,
         help="dispatches of a task whose node died (default 3)",
     )
-    p.add_argument(
+    g.add_argument(
         "--priority-aging",
         type=float,
         default=30.0,
         metavar="SECONDS",
         help="a queued task rises one priority level per SECONDS waited, so idle work never "
         "starves (default 30; 0 turns aging off)",
+    )
+    g.add_argument(
+        "--join-grace",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds a node Ray reports may take to register what it offers; tasks only it "
+        "might hold wait meanwhile (default 30)",
     )
     s = p.add_argument_group("sandbox")
     s.add_argument(

@@ -62,6 +62,9 @@ class ServerSettings:
     max_attempts: int = 3
     #: seconds a queued task waits per priority level it gains (0: no aging)
     priority_aging: float = 30.0
+    #: seconds a node Ray reports may stay unregistered before it counts with Ray's figures
+    #: (tasks only it might hold wait meanwhile; docs/distributed.md, Joining nodes)
+    join_grace: float = 30.0
     sandbox: SandboxSpec = field(default_factory=SandboxSpec)
     metrics_enabled: bool = True
     metrics_exporter: str = "prometheus"
@@ -102,6 +105,8 @@ class ServerSettings:
             raise LatticeUsageError(
                 f"priority_aging (--priority-aging) must be >= 0 seconds, got {self.priority_aging}"
             )
+        if self.join_grace < 0:
+            raise LatticeUsageError("join_grace must be >= 0 seconds")
         if self.ray_node_ports is not None and (self.executor != "ray" or self.ray_port is None):
             raise LatticeUsageError(
                 "ray_node_ports (--ray-node-ports) applies to the Ray head this server starts "

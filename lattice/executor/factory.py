@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
+from lattice.core.resource.manager import DEFAULT_JOIN_GRACE
 from lattice.exceptions import LatticeInputError, LatticeUsageError
 from lattice.executor.base import ExecutorBackend
 from lattice.executor.local_executor import LocalExecutor
@@ -24,12 +25,13 @@ def create_executor(
     ray_node_ports: NodePorts | None = None,
     num_cpus: float | None = None,
     sandbox: SandboxRunner | None = None,
+    join_grace: float | None = None,
 ) -> ExecutorBackend:
     """Return an executor of ``executor_type``, not yet initialized.
 
     ``ray_address`` joins an existing Ray cluster; ``ray_port`` starts a Ray head other nodes
     can join (its Ray node listening on ``ray_node_ports``, if given); neither starts a
-    private local Ray. ``num_cpus`` sizes the Ray node this process starts (the local
+    private local Ray. ``join_grace``: see RayExecutor. ``num_cpus`` sizes the Ray node this process starts (the local
     executor's concurrency is bounded by the ResourceManager instead).
 
     Raises:
@@ -62,4 +64,5 @@ def create_executor(
         ray_port=ray_port,
         sandbox=sandbox,
         node_ports=ray_node_ports,
+        join_grace=DEFAULT_JOIN_GRACE if join_grace is None else join_grace,
     )

@@ -75,6 +75,8 @@ class LocalExecutor(ExecutorBackend):
         self._pool: ThreadPoolExecutor | None = None
         self._sandbox = sandbox
         self._lock = threading.Lock()
+        #: held while a task's function and inputs are unpickled (see runner.execute)
+        self._decoding = threading.Lock()
 
     def initialize(self) -> None:
         with self._lock:
@@ -123,7 +125,7 @@ class LocalExecutor(ExecutorBackend):
         if self._sandbox is not None and self._sandbox.applies(submission):
             outcome = self._sandbox.run(submission)
         else:
-            outcome = execute(submission, set_gpu_env=False)
+            outcome = execute(submission, set_gpu_env=False, decoding=self._decoding)
         # Large outputs stay the objects they are; runs and clients get a reference.
         return keep_large_values(outcome, submission.kind, keep_in_process)
 

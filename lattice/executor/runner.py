@@ -13,7 +13,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import cloudpickle
@@ -118,35 +118,55 @@ def merge_inputs(user: dict[str, Any] | None, upstream: dict[str, Any] | None) -
     return params
 
 
-def _run(sub: TaskSubmission) -> Any:
+def _decode(sub: TaskSubmission) -> Callable[[], Any]:
+    """Unpickle what ``sub`` carries (its function, its inputs: this imports the modules they
+    come from); return the call that runs it."""
     func = load_function(sub.code_id, sub.code)
     if sub.kind is TaskKind.CODE:
         params = merge_inputs(sub.user_inputs, sub.upstream_inputs)
-        return check_outputs(_call(func, params), sub.outputs, sub.task_name)
+        return lambda: check_outputs(_call(func, params), sub.outputs, sub.task_name)
     if sub.kind is TaskKind.BATCH:
         batch = [
             merge_inputs(u, p) for u, p in zip(sub.user_inputs, sub.upstream_inputs, strict=True)
         ]
-        results = _call(func, batch)
-        if not isinstance(results, list | tuple) or len(results) != len(batch):
-            got = len(results) if isinstance(results, list | tuple) else type(results).__name__
-            raise OutputError(
-                f"batch task {sub.task_name} got {len(batch)} inputs and must return a list of "
-                f"{len(batch)} results, returned {got}"
-            )
-        return [check_outputs(r, sub.outputs, sub.task_name) for r in results]
+        return functools.partial(_call_batch, func, batch, sub)
     args = cloudpickle.loads(sub.args) if sub.args else ()
     kwargs = cloudpickle.loads(sub.kwargs) if sub.kwargs else {}
-    return _call(func, *args, **kwargs)
+    return lambda: _call(func, *args, **kwargs)
 
 
-def execute(sub: TaskSubmission, *, set_gpu_env: bool = True) -> TaskOutcome:
+def _call_batch(func: Callable[..., Any], batch: list[dict[str, Any]], sub: TaskSubmission) -> Any:
+    results = _call(func, batch)
+    if not isinstance(results, list | tuple) or len(results) != len(batch):
+        got = len(results) if isinstance(results, list | tuple) else type(results).__name__
+        raise OutputError(
+            f"batch task {sub.task_name} got {len(batch)} inputs and must return a list of "
+            f"{len(batch)} results, returned {got}"
+        )
+    return [check_outputs(r, sub.outputs, sub.task_name) for r in results]
+
+
+def execute(
+    sub: TaskSubmission,
+    *,
+    set_gpu_env: bool = True,
+    decoding: AbstractContextManager[Any] | None = None,
+) -> TaskOutcome:
     """Run ``sub`` here and now. ``set_gpu_env`` exports CUDA_VISIBLE_DEVICES (process-wide,
-    so only where one task owns the process: a Ray worker or a sandbox child)."""
+    so only where one task owns the process: a Ray worker or a sandbox child).
+
+    ``decoding`` (a lock shared by the threads of one process) is held while the task's
+    function and inputs are unpickled: unpickling imports their modules, and threads that
+    import a package with circular imports at the same moment can see one of its modules
+    half-initialised (Python breaks the cycle between their import locks by handing one of
+    them the partial module). Held for the decoding only, never while the task runs.
+    """
     start = time.perf_counter()
     try:
         with _gpu_env(sub.node.gpu_ids, set_gpu_env):
-            value = _run(sub)
+            with decoding if decoding is not None else nullcontext():
+                call = _decode(sub)
+            value = call()
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - a task's failure is data
         return TaskOutcome(
             error=error_info(exc, skip_frames=3), duration=time.perf_counter() - start

@@ -137,22 +137,31 @@ class HeadProcess:
     """
 
     def __init__(
-        self, cli_args: Sequence[str], *, port: int | None = None, env: dict[str, str] | None = None
+        self,
+        cli_args: Sequence[str],
+        *,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        wrap: Sequence[str] = (),
     ) -> None:
-        self.args = [sys.executable, "-m", "lattice.cli.cli", *cli_args]
-        #: the API port given in ``cli_args``, for :attr:`url`
+        #: ``wrap``: a command the CLI runs under, e.g. ``ip netns exec NAME``
+        self.args = [*wrap, sys.executable, "-m", "lattice.cli.cli", *cli_args]
+        #: the API port given in ``cli_args`` and the address it is reached at, for :attr:`url`
         self.port = port
+        self.host = host
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.lines: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self._ready = threading.Event()
         self._eof = threading.Event()
+        self._new_line = threading.Condition()
         self._reader: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         assert self.port is not None, "HeadProcess(port=...) was not given"
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def output(self) -> str:
@@ -190,12 +199,33 @@ class HeadProcess:
         assert self.proc is not None and self.proc.stdout is not None
         started = False
         for line in self.proc.stdout:
-            self.lines.append(line)
+            with self._new_line:
+                self.lines.append(line)
+                self._new_line.notify_all()
             started = started or READY_LINE in line
             if started and LISTENING_LINE in line:
                 self._ready.set()
         self._ready.set()  # EOF: the child exited; start() sees that
-        self._eof.set()
+        with self._new_line:
+            self._eof.set()
+            self._new_line.notify_all()
+
+    def wait_for_line(self, text: str, timeout: float) -> str:
+        """Block until the child prints a line containing ``text``; return that line.
+
+        Raises:
+            TimeoutError: no such line within ``timeout`` seconds, or the child exited.
+        """
+
+        def found() -> str | None:
+            return next((line for line in self.lines if text in line), None)
+
+        with self._new_line:
+            self._new_line.wait_for(lambda: found() is not None or self._eof.is_set(), timeout)
+            line = found()
+        if line is None:
+            raise TimeoutError(f"the head did not print {text!r}:\n{self.output}")
+        return line
 
     def wait(self, timeout: float) -> int:
         """Wait for the child to exit by itself; return its exit code, with output read."""

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -67,7 +68,7 @@ def listener() -> Iterator[Listener]:
 
 
 @pytest.mark.ray
-def test_32_light_tasks_overlap_in_one_host_process(
+def test_32_light_tasks_overlap_in_two_host_processes(
     ray_executor: RayExecutor, listener: Listener
 ) -> None:
     def llm_call(params: dict[str, Any]) -> dict[str, Any]:
@@ -87,8 +88,10 @@ def test_32_light_tasks_overlap_in_one_host_process(
     spans = [hd.result(TIMEOUT).value for hd in handles]
 
     assert max(s["start"] for s in spans) < min(s["end"] for s in spans)
-    assert len({s["pid"] for s in spans}) == 1 == len(set(pids))
-    assert len({s["thread"] for s in spans}) == 32
+    # 1.6 CPUs' worth: a shared host holds one CPU's worth (20 of them), the rest another.
+    assert sorted(Counter(s["pid"] for s in spans).values()) == [12, 20]
+    assert len(set(pids)) == 2
+    assert len({(s["pid"], s["thread"]) for s in spans}) == 32
     assert spans[0]["pid"] != os.getpid()
 
 

@@ -435,3 +435,134 @@ def test_initialize_with_ray_registers_alive_nodes_as_ray_describes_them() -> No
     # Memory of a remote node's GPUs is unknown: whole-GPU tasks only.
     assert rm.can_ever_fit(req(gpu=2))
     assert not rm.can_ever_fit(req(gpu=1, gpu_mem=100))
+
+
+# --- joining nodes: in Ray, not yet registered -------------------------------------------------
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ray_node(node_id: str, cpu: float, gpu: int = 0, head: bool = False) -> dict[str, Any]:
+    resources: dict[str, float] = {"CPU": cpu, "memory": 4 * GB}
+    if gpu:
+        resources["GPU"] = float(gpu)
+    if head:
+        resources["node:__internal_head__"] = 1.0
+    return {
+        "NodeID": node_id,
+        "Alive": True,
+        "NodeManagerAddress": "10.0.0.9",
+        "Resources": resources,
+    }
+
+
+def gpu_worker_offer() -> NodeResources:
+    """What a worker started with ``--num-cpus 2 --num-gpus 1 --gpu-mem 8000`` registers."""
+    return NodeResources(2, 4 * GB, gpus(8000))
+
+
+def cluster_with_joining_gpu_node(clock: Clock, grace: float = 30) -> ResourceManager:
+    rm = ResourceManager(join_grace=grace, clock=clock)
+    rm.initialize_with_ray([ray_node("head", 1, head=True)])
+    rm.initialize_with_ray([ray_node("w", 2, gpu=1)])  # Ray's view: 1 GPU of unknown memory
+    return rm
+
+
+def test_a_node_ray_reports_before_its_worker_registers_is_joining_and_takes_no_task() -> None:
+    clock = Clock()
+    rm = cluster_with_joining_gpu_node(clock)
+
+    states = {n["node_id"]: n["state"] for n in rm.snapshot()}
+    assert states == {"head": "alive", "w": "joining"}
+    assert rm.head_node_id == "head"
+    # Fits Ray's figures, but the node has not said what it offers: nothing goes there yet.
+    assert rm.select_node(req(cpu=1, gpu=1)) is None
+    assert rm.select_node(req(cpu=2)) is None
+    assert rm.get_node("w").available_resources.cpu_count == 2
+
+
+def test_a_task_only_a_joining_node_might_hold_waits_and_runs_once_it_registers() -> None:
+    clock = Clock()
+    rm = cluster_with_joining_gpu_node(clock)
+    shared_gpu = req(cpu=0.5, gpu=1, gpu_mem=4000)
+
+    # Ray does not know the GPU's memory; the joining node might have it: wait, not fail.
+    assert rm.can_ever_fit(shared_gpu)
+    assert rm.select_node(shared_gpu) is None
+    rm.add_node("w", "10.0.0.9", gpu_worker_offer())
+
+    placed = [rm.select_node(shared_gpu) for _ in range(3)]
+    assert [p.node_id if p else None for p in placed] == ["w", "w", None]  # 8000 MB: two fit
+    assert rm.get_node("w").status is NodeStatus.ALIVE
+    assert rm.next_join_deadline() is None
+
+
+def test_a_task_no_joining_node_could_hold_still_fails_at_once() -> None:
+    rm = cluster_with_joining_gpu_node(Clock())
+
+    # Ray's figures bound what a worker declares: 2 CPUs, 1 GPU.
+    assert not rm.can_ever_fit(req(cpu=3))
+    assert not rm.can_ever_fit(req(gpu=2))
+    assert "no node can ever provide" in rm.explain_never_fits(req(gpu=2))
+
+
+def test_a_joining_node_that_never_registers_counts_with_rays_figures_after_the_grace() -> None:
+    clock = Clock()
+    rm = cluster_with_joining_gpu_node(clock, grace=30)
+    shared_gpu = req(gpu=1, gpu_mem=4000)
+    assert rm.next_join_deadline() == 1030.0
+
+    clock.now = 1029.9
+    assert rm.can_ever_fit(shared_gpu)
+    assert rm.get_node("w").status is NodeStatus.JOINING
+    clock.now = 1030.0
+
+    # Alive with Ray's figures: whole-GPU and CPU tasks run, GPU-memory ones can never fit.
+    assert not rm.can_ever_fit(shared_gpu)
+    assert rm.get_node("w").status is NodeStatus.ALIVE
+    assert rm.next_join_deadline() is None
+    selected = rm.select_node(req(cpu=1, gpu=1))
+    assert selected is not None and selected.node_id == "w"
+
+
+def test_a_joining_node_that_dies_stays_dead_after_its_grace() -> None:
+    clock = Clock()
+    rm = cluster_with_joining_gpu_node(clock)
+
+    assert rm.check_node_health({"head"}) == ["w"]
+    clock.now += 60
+
+    assert rm.get_node("w").status is NodeStatus.DEAD
+    assert not rm.can_ever_fit(req(gpu=1))
+    assert rm.next_join_deadline() is None
+
+
+def test_a_node_registered_before_ray_is_read_again_stays_as_registered() -> None:
+    rm = ResourceManager(clock=Clock())
+    rm.initialize_with_ray([ray_node("head", 1, head=True)])
+    rm.add_node("w", "10.0.0.9", gpu_worker_offer())
+
+    rm.initialize_with_ray([ray_node("w", 2, gpu=1)])
+
+    gpu = rm.get_node("w").total_resources.gpu_resources[0]
+    assert (rm.get_node("w").status, gpu.gpu_memory_total) == (NodeStatus.ALIVE, 8000)
+
+
+def test_without_a_head_marker_the_first_node_ray_lists_is_the_head() -> None:
+    rm = ResourceManager(clock=Clock())
+
+    rm.initialize_with_ray([ray_node("a", 1), ray_node("b", 1)])
+
+    assert rm.head_node_id == "a"
+    assert {n.node_id: n.status for n in rm.nodes()} == {
+        "a": NodeStatus.ALIVE,
+        "b": NodeStatus.JOINING,
+    }

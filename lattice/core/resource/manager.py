@@ -2,6 +2,13 @@
 
 Not thread-safe on purpose: only the scheduler thread calls it. Read-only snapshots for the
 API (``GET /nodes``) are taken through ``snapshot()``, which the scheduler publishes.
+
+Joining nodes. A worker's Ray node is in the cluster a few seconds before the worker registers
+what it offers (``/connect_worker``: its declared GPUs and their memory, which Ray does not
+know). A node Ray reports that has not registered is ``JOINING``: it takes no tasks, and a task
+that only it might hold waits instead of failing as impossible, until the node registers or
+``join_grace`` seconds pass. Then it counts as alive with what Ray reports (a plain ``ray start
+--address`` node never registers). Ray's head node is alive at once: nobody registers it.
 """
 
 from __future__ import annotations
@@ -9,7 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psutil
@@ -21,6 +29,11 @@ from lattice.vocabulary import TaskResourceRequirements
 log = logging.getLogger(__name__)
 
 LOCAL_NODE_ID = "local"
+#: seconds a node Ray reports has to register before it counts with Ray's figures
+#: (``lattice start --head --join-grace``)
+DEFAULT_JOIN_GRACE = 30.0
+#: the resource Ray gives its head node only
+_RAY_HEAD_RESOURCE = "node:__internal_head__"
 
 
 def detect_gpus() -> dict[int, GpuResource]:
@@ -55,9 +68,21 @@ def local_resources() -> NodeResources:
 
 
 class ResourceManager:
-    def __init__(self) -> None:
+    """Args:
+    join_grace: seconds a node Ray reports may stay unregistered (``JOINING``) before
+        it counts as alive with Ray's figures.
+    clock: the time source for that grace (seconds, monotonic); tests give their own.
+    """
+
+    def __init__(
+        self,
+        join_grace: float = DEFAULT_JOIN_GRACE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._nodes: dict[str, Node] = {}
         self._head_node_id: str | None = None
+        self.join_grace = join_grace
+        self._clock = clock
 
     # --- membership -------------------------------------------------------------------------
 
@@ -71,8 +96,12 @@ class ResourceManager:
 
         GPUs are taken from ``ray_nodes``' ``GPU`` count; their memory from NVML when the node
         is this machine, else ``0`` (whole-GPU tasks only) until a worker registers its own.
+        Every node but Ray's head starts ``JOINING`` (see the module docstring); a node
+        already known keeps what it has.
         """
         local_ip = _local_ip()
+        ray_nodes = list(ray_nodes)
+        marked_head = any(_RAY_HEAD_RESOURCE in n.get("Resources", {}) for n in ray_nodes)
         for info in ray_nodes:
             if not info.get("Alive", True):
                 continue
@@ -88,9 +117,24 @@ class ResourceManager:
                 memory_bytes=int(res.get("memory", 0)),
                 gpu_resources=gpus,
             )
-            self.add_node(str(info["NodeID"]), node_ip, resources)
-            if self._head_node_id is None:
-                self._head_node_id = str(info["NodeID"])
+            node_id = str(info["NodeID"])
+            existing = self._nodes.get(node_id)
+            if existing is not None and existing.status is not NodeStatus.DEAD:
+                continue  # registered (or joining) already: Ray's figures add nothing
+            is_head = _RAY_HEAD_RESOURCE in res if marked_head else self._head_node_id is None
+            self._nodes[node_id] = node = Node.create(node_id, node_ip, resources)
+            if is_head:
+                self._head_node_id = self._head_node_id or node_id
+            else:
+                node.status = NodeStatus.JOINING
+                node.joining_until = self._clock() + self.join_grace
+                log.info(
+                    "node %s (%s) is in the Ray cluster; it counts as joining until it "
+                    "registers, or for %gs",
+                    node_id,
+                    node_ip,
+                    self.join_grace,
+                )
 
     def add_node(self, node_id: str, node_ip: str, resources: NodeResources) -> None:
         """Add a node, or update one that registers again (e.g. a worker declaring the GPUs
@@ -101,6 +145,7 @@ class ResourceManager:
             return
         existing.node_ip = node_ip
         existing.status = NodeStatus.ALIVE
+        existing.joining_until = None
         existing.retotal(resources)
 
     def remove_node(self, node_id: str) -> None:
@@ -111,8 +156,9 @@ class ResourceManager:
     def drain_node(self, node_id: str) -> None:
         """Stop placing tasks on ``node_id``; tasks running there finish."""
         node = self._get(node_id)
-        if node.status is NodeStatus.ALIVE:
+        if node.status in (NodeStatus.ALIVE, NodeStatus.JOINING):
             node.status = NodeStatus.DRAINING
+            node.joining_until = None
 
     def mark_dead(self, node_id: str) -> None:
         self._get(node_id).status = NodeStatus.DEAD
@@ -139,6 +185,7 @@ class ResourceManager:
         Nodes in ``avoid`` are taken only when no other node could ever hold the task; while
         another one could, the task waits for it rather than go to an avoided node.
         """
+        self._settle_joining()
         candidates = [n for n in self._nodes.values() if n.can_run_task(requirements)]
         if avoid:
             preferred = [n for n in candidates if n.node_id not in avoid]
@@ -163,7 +210,42 @@ class ResourceManager:
         return SelectedNode(node.node_id, node.node_ip, gpu_ids)
 
     def can_ever_fit(self, requirements: TaskResourceRequirements) -> bool:
-        return any(n.could_ever_run(requirements) for n in self._nodes.values())
+        """Whether some node could hold ``requirements`` when idle, counting a joining node
+        as able while it might be (see :meth:`Node.might_run`) until its grace ends. False
+        means the task can only fail."""
+        self._settle_joining()
+        return any(
+            n.could_ever_run(requirements) or n.might_run(requirements)
+            for n in self._nodes.values()
+        )
+
+    def next_join_deadline(self) -> float | None:
+        """When the earliest grace of a joining node ends (the clock's time), or None: the
+        moment a task waiting only for joining nodes must be looked at again."""
+        deadlines = [
+            n.joining_until
+            for n in self._nodes.values()
+            if n.status is NodeStatus.JOINING and n.joining_until is not None
+        ]
+        return min(deadlines, default=None)
+
+    def _settle_joining(self) -> None:
+        """Joining nodes whose grace has ended count as alive, with what Ray reports."""
+        now = self._clock()
+        for node in self._nodes.values():
+            if (
+                node.status is NodeStatus.JOINING
+                and node.joining_until is not None
+                and node.joining_until <= now
+            ):
+                node.status, node.joining_until = NodeStatus.ALIVE, None
+                log.warning(
+                    "node %s (%s) did not register within %gs; it counts with what Ray reports: %s",
+                    node.node_id,
+                    node.node_ip,
+                    self.join_grace,
+                    node.describe_total(),
+                )
 
     def explain_never_fits(self, requirements: TaskResourceRequirements) -> str:
         alive = [n for n in self._nodes.values() if n.status is NodeStatus.ALIVE]
@@ -200,9 +282,11 @@ class ResourceManager:
         return self._get(node_id)
 
     def nodes(self) -> list[Node]:
+        self._settle_joining()
         return list(self._nodes.values())
 
     def snapshot(self) -> list[dict[str, Any]]:
+        self._settle_joining()
         return [n.to_dict() for n in self._nodes.values()]
 
     def _get(self, node_id: str) -> Node:

@@ -14,6 +14,9 @@ _EPS = 1e-9
 
 
 class NodeStatus(str, Enum):
+    #: reported by Ray, not yet registered by its worker: takes no tasks until it registers or
+    #: its grace period ends (see ResourceManager), but may be the node a waiting task needs
+    JOINING = "joining"
     ALIVE = "alive"
     #: deregistered: takes no new tasks, lets its running tasks finish
     DRAINING = "draining"
@@ -119,6 +122,9 @@ class Node:
     available_resources: NodeResources
     total_resources: NodeResources
     status: NodeStatus = NodeStatus.ALIVE
+    #: while JOINING: the time (of the ResourceManager's clock) at which it counts as alive
+    #: with what Ray reports, registered or not
+    joining_until: float | None = None
 
     @classmethod
     def create(cls, node_id: str, node_ip: str, resources: NodeResources) -> Node:
@@ -158,6 +164,17 @@ class Node:
     def could_ever_run(self, req: TaskResourceRequirements) -> bool:
         """Whether ``req`` would fit this node if it were idle."""
         return self.status is NodeStatus.ALIVE and self._fits(req, self.total_resources) is not None
+
+    def might_run(self, req: TaskResourceRequirements) -> bool:
+        """Whether ``req`` could fit this joining node once its worker registers: Ray's
+        figures bound the CPUs and GPUs a worker declares (it starts its Ray node with them),
+        but not the GPUs' memory, which Ray does not know."""
+        total = self.total_resources
+        return (
+            self.status is NodeStatus.JOINING
+            and total.cpu_count + _EPS >= req.cpu
+            and len(total.gpu_resources) >= req.gpu
+        )
 
     def allocate_resources(self, req: TaskResourceRequirements) -> tuple[int, ...] | None:
         """Take ``req`` from what is available; return the GPU ids granted, or None."""

@@ -173,8 +173,10 @@ class SchedulerCore:
         return self._take()
 
     def next_deadline(self) -> float | None:
-        """When the next batch is due, if one waits."""
-        return self._batches.next_deadline()
+        """When the thread must wake without a message: the next batch is due, or a joining
+        node's grace ends (a task only it might hold then fails or goes elsewhere)."""
+        deadlines = [self._batches.next_deadline(), self._rm.next_join_deadline()]
+        return min((d for d in deadlines if d is not None), default=None)
 
     def queued_count(self) -> int:
         return len(self._pending) + self._batches.pending_count()

@@ -6,8 +6,8 @@ scheduler:
 * placement is Lattice's: a submission for a Ray node runs there (hard node affinity), one for
   the single-machine node id ``"local"`` runs wherever Ray likes;
 * tasks without GPU or sandbox run on task hosts, long-lived Ray actors of their node
-  (:mod:`lattice.executor.ray.hosts`): light tasks (``cpu < 1``, typically I/O-bound) on
-  threads of a shared host, one-CPU tasks alone in a process host; they reach their host over
+  (:mod:`lattice.executor.ray.hosts`): tasks of a fractional share (``cpu < 1``) on threads
+  of shared hosts that hold one CPU's worth each, one-CPU tasks alone in a process host; they reach their host over
   its connection to the head (:mod:`lattice.executor.ray.channel`), or as Ray calls when they
   need the object store. Other tasks (more than one CPU, a GPU, a sandbox) are Ray tasks in a
   worker process of their own;
@@ -34,6 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from lattice.core.resource.manager import DEFAULT_JOIN_GRACE
 from lattice.exceptions import (
     LatticeInputError,
     LatticeUsageError,
@@ -74,6 +75,9 @@ logger = logging.getLogger(__name__)
 #: replace; an explicit RAY_worker_niceness still wins.
 _NICENESS_ENV = "RAY_worker_niceness"
 
+
+#: seconds after a joining node's grace at which the scheduler is told to look again
+_GRACE_MARGIN = 1.0
 
 #: how many ``.options(...)`` variants of the remote function, and how many functions' code
 #: refs, are kept for reuse
@@ -141,6 +145,9 @@ class RayExecutor(ExecutorBackend):
             :meth:`cancel`).
         host_connections: send light tasks to their task hosts over a direct connection
             (see :mod:`~lattice.executor.ray.channel`); False sends each as a Ray call.
+        join_grace: seconds after a node joins at which the nodes-changed callbacks run once
+            more, so that the scheduler looks again at tasks that waited for that node to
+            register (the ResourceManager's grace for joining nodes; give both the same).
 
     Raises:
         LatticeUsageError: both ``address`` and ``ray_port`` were given.
@@ -160,6 +167,7 @@ class RayExecutor(ExecutorBackend):
         node_ports: NodePorts | None = None,
         cancel_grace: float = 2.0,
         host_connections: bool = True,
+        join_grace: float = DEFAULT_JOIN_GRACE,
     ) -> None:
         if address is not None and ray_port is not None:
             raise LatticeUsageError(
@@ -177,6 +185,9 @@ class RayExecutor(ExecutorBackend):
         self._namespace = namespace
         self._cancel_grace = cancel_grace
         self._host_connections = host_connections
+        self._join_grace = join_grace
+        #: timers that announce the end of a joining node's grace (see _nodes_changed)
+        self._grace_timers: list[threading.Timer] = []
         self._channel: ChannelServer | None = None
         self._lock = threading.Lock()
         self._initialized = False
@@ -225,6 +236,8 @@ class RayExecutor(ExecutorBackend):
                 self._channel = ChannelServer(ray.util.get_node_ip_address(), port)
             self._hosts = HostPool(self._channel)
             self._alive = alive_ids(ray.nodes())
+            if len(self._alive) > 1:
+                self._arm_grace_timer()
             self._watcher = NodeWatcher(
                 ray.get_runtime_context().gcs_address, self._alive, self._nodes_changed
             )
@@ -286,6 +299,9 @@ class RayExecutor(ExecutorBackend):
             head, self._head = self._head, None
             hosts, self._hosts = self._hosts, None
             channel, self._channel = self._channel, None
+            timers, self._grace_timers = self._grace_timers, []
+        for timer in timers:
+            timer.cancel()
         if watcher is not None:
             watcher.stop()
         if hosts is not None:
@@ -335,7 +351,27 @@ class RayExecutor(ExecutorBackend):
             self._callbacks.append(callback)
 
     def _nodes_changed(self, alive: frozenset[str]) -> None:
+        if alive - self._alive:
+            self._arm_grace_timer()
         self._alive = alive
+        self._announce()
+
+    def _arm_grace_timer(self) -> None:
+        """A node joined: when its grace ends (it may not have registered), tell the
+        callbacks again, so that tasks waiting only for it are looked at again then."""
+        # The ResourceManager starts the grace when the scheduler hears of the node, a little
+        # after this: the margin makes the callback come after the grace has ended there.
+        timer = threading.Timer(self._join_grace + _GRACE_MARGIN, self._grace_ended)
+        timer.daemon = True
+        with self._lock:
+            self._grace_timers = [t for t in self._grace_timers if t.is_alive()] + [timer]
+        timer.start()
+
+    def _grace_ended(self) -> None:
+        if self._initialized:
+            self._announce()
+
+    def _announce(self) -> None:
         with self._lock:
             callbacks = list(self._callbacks)
         for callback in callbacks:
@@ -350,7 +386,7 @@ class RayExecutor(ExecutorBackend):
         """Start ``submission`` on its node; the handle reports its outcome.
 
         A task without GPU or sandbox runs on a task host of its node (see
-        :mod:`~lattice.executor.ray.hosts`: a thread of the shared host for ``cpu < 1``, a
+        :mod:`~lattice.executor.ray.hosts`: a thread of a shared host for ``cpu < 1``, a
         process host of its own otherwise), created on first use, and only on a node seen
         alive, so that one pinned to a node that is gone comes back lost as a Ray task does.
         It goes over the host's connection when it can (see
@@ -394,14 +430,17 @@ class RayExecutor(ExecutorBackend):
         packed = pack(submission, drop_code=code is not None)
         if kind is not None and (not pinned or node.node_id in self._alive):
             strategy = _affinity(node.node_id) if pinned else None
+            cpu = submission.requirements.cpu
             if kind is HostKind.SHARED:
-                host = hosts.get(node.node_id, strategy)
+                host = hosts.share(node.node_id, strategy, cpu)
             else:
                 host = hosts.acquire(node.node_id, strategy)
             on_lost = functools.partial(hosts.forget, host)
             handle = _send_to_host(host, submission, where, packed, code, on_lost)
             if kind is HostKind.PROCESS:
                 handle.on_ended(lambda: hosts.release(host))
+            else:
+                handle.on_ended(lambda: hosts.unshare(host, cpu))
             return handle
         remote = self._task_options(submission, pinned)
         ref = remote.remote(packed.payload, packed.upstream, code, sandbox, *packed.refs)

@@ -3,11 +3,17 @@
 Two kinds, chosen by :func:`host_kind`:
 
 * **shared** — a submission that asks for less than one CPU (``requirements.cpu < 1``), no GPU
-  and no sandbox is light (typically I/O-bound: an LLM call, a web request, a tool) and runs on
-  a thread of its node's one shared host. Ray runs each concurrent task in a worker process of
-  its own and starts one (about a second on a small machine) for every task beyond its idle
-  workers: 32 concurrent calls that each wait 0.5 s took ~3 s that way. On a shared host they
-  are 32 threads of one process that is already running, and overlap fully.
+  and no sandbox runs on a thread of one of its node's shared hosts, which hold at most one
+  CPU's worth of tasks at once: a task of ``cpu`` c goes to the fullest shared host of its node
+  whose tasks running now ask for at most ``1 - c`` CPUs together, or to a new one if none has
+  room (:class:`HostPool`). So light tasks (typically I/O-bound: an LLM call, a web request, a
+  tool; ``cpu 0.05`` each) overlap by the dozen on threads of a process that is already running
+  (Ray runs each concurrent task in a worker process of its own and starts one, about a second
+  on a small machine, for every task beyond its idle workers: 32 concurrent calls that each
+  wait 0.5 s took ~3 s that way), while CPU-bound tasks that ask for a real share (``cpu 0.5``)
+  are spread over as many processes as their shares add up to: four of them on two cores run
+  two by two in two processes, as fast as four ``cpu 1`` tasks, not behind one GIL. The user
+  says nothing more than the share: a task's ``cpu`` is the CPU it may use.
 * **process** — a submission for exactly one CPU (the default request: CPU-bound work), no
   GPU and no sandbox runs alone in a process host: a host that runs one task at a time. A node
   keeps as many as it has needed at once (never more than its CPUs: the ResourceManager admits
@@ -74,8 +80,8 @@ from lattice.executor.runner import error_info, execute
 
 logger = logging.getLogger(__name__)
 
-#: threads of a shared host: how many light tasks can run at once on a node (more wait in its
-#: queue; the ResourceManager usually admits far fewer)
+#: threads of a shared host: how many light tasks can run at once on it (more wait in its
+#: queue; one CPU's worth of shares, as the pool packs them, is usually far fewer)
 HOST_CONCURRENCY = 256
 #: Ray's threads of a process host: its connection, and the Ray calls that fetch a kept outcome
 #: or run a task that needs the object store (one task runs at a time all the same)
@@ -83,6 +89,8 @@ PROCESS_HOST_CALLS = 4
 #: the GIL switch interval in a host (Python's default is 5 ms): the thread that reads the
 #: connection must not wait that long behind a running task to take the next one
 HOST_SWITCH_INTERVAL = 0.0005
+#: slack when adding up CPU shares (0.1 * 10 is not quite 1.0)
+_EPS = 1e-9
 
 
 class HostKind(Enum):
@@ -122,6 +130,8 @@ class TaskHost:
         self._interrupted: set[str] = set()
         #: outcomes of tasks sent over the connection that the head fetches with take()
         self._kept: dict[str, TaskOutcome] = {}
+        #: held while a task's function and inputs are unpickled (see runner.execute)
+        self._decoding = threading.Lock()
 
     def pid(self) -> int:
         import os
@@ -205,7 +215,8 @@ class TaskHost:
             with self._lock:
                 self._threads[key] = threading.get_ident()
             try:
-                outcome = execute(sub, set_gpu_env=False)  # never a GPU task: see host_kind
+                # never a GPU task: see host_kind
+                outcome = execute(sub, set_gpu_env=False, decoding=self._decoding)
             finally:
                 self._leave(key)
             return outcome
@@ -243,6 +254,8 @@ class Host:
     kind: HostKind
     #: None when the executor runs without connections (every task is then a Ray call)
     link: HostLink | None = None
+    #: a shared host: the CPU its running tasks ask for together (at most 1)
+    load: float = 0.0
 
 
 class HostPool:
@@ -258,20 +271,33 @@ class HostPool:
         self._channel = channel
         # Reentrant: a lifeline that ended already runs its callback inside _start.
         self._lock = threading.RLock()
-        self._shared: dict[str, Host] = {}
+        #: node id -> its shared hosts (see the module docstring)
+        self._shared: dict[str, list[Host]] = {}
         #: every process host alive
         self._processes: set[Host] = set()
         #: node id -> its process hosts that run nothing now
         self._idle: dict[str, list[Host]] = {}
 
-    def get(self, node_id: str, strategy: Any) -> Host:
-        """The shared host of ``node_id`` (placed with ``strategy``, None: anywhere), created
-        if there is none."""
+    def share(self, node_id: str, strategy: Any, cpu: float) -> Host:
+        """A shared host of ``node_id`` (placed with ``strategy``, None: anywhere) with room
+        for a task of ``cpu`` (< 1): the fullest whose tasks hold at most ``1 - cpu`` CPUs,
+        or a new one. The share counts on it until :meth:`unshare`."""
         with self._lock:
-            host = self._shared.get(node_id)
-            if host is None:
-                host = self._shared[node_id] = self._start(node_id, strategy, HostKind.SHARED)
+            room = [h for h in self._shared.get(node_id, ()) if h.load + cpu <= 1 + _EPS]
+            if room:
+                host = max(room, key=lambda h: h.load)
+            else:
+                host = self._start(node_id, strategy, HostKind.SHARED)
+                self._shared.setdefault(node_id, []).append(host)
+            host.load += cpu
             return host
+
+    def unshare(self, host: Host, cpu: float) -> None:
+        """A task of ``cpu`` on shared ``host`` (from :meth:`share`) has ended."""
+        with self._lock:
+            left = host.load - cpu
+            # Shares such as 0.1 do not add up exactly: what is left of them is nothing.
+            host.load = left if left > _EPS else 0.0
 
     def acquire(self, node_id: str, strategy: Any) -> Host:
         """A process host of ``node_id`` that runs nothing, created if none is idle; it is
@@ -329,8 +355,9 @@ class HostPool:
     def forget(self, host: Host) -> None:
         """Drop ``host`` (it died): the next task for its node starts a new one."""
         with self._lock:
-            if self._shared.get(host.node_id) is host:
-                del self._shared[host.node_id]
+            shared = self._shared.get(host.node_id)
+            if shared and host in shared:
+                shared.remove(host)
             self._processes.discard(host)
             idle = self._idle.get(host.node_id)
             if idle and host in idle:
@@ -354,7 +381,7 @@ class HostPool:
             return self._all()
 
     def _all(self) -> list[Host]:
-        return [*self._shared.values(), *self._processes]
+        return [*(h for hosts in self._shared.values() for h in hosts), *self._processes]
 
     def close(self) -> None:
         """Stop every host (their running tasks are lost with them)."""
