@@ -342,3 +342,5 @@ class ErrorKind(str, Enum):
     #: the scheduler failed while deciding about the task (a bug in Lattice: reported, never
     #: left hanging)
     SCHEDULER = "SchedulerError"
+    #: a run resumed after a restart whose stored definition or code cannot be loaded
+    CODE_UNAVAILABLE = "CodeUnavailableError"

@@ -23,7 +23,8 @@ from lattice.config.settings import ServerSettings
 from lattice.core.observer import EngineObserver
 from lattice.core.orchestrator.orchestrator import Orchestrator
 from lattice.core.resource.node import NodeResources
-from lattice.core.run.log import EventStore, InMemoryEventStore
+from lattice.core.run.log import EventStore
+from lattice.core.store.factory import open_store
 from lattice.executor.base import ExecutorBackend
 from lattice.executor.factory import create_executor
 from lattice.executor.sandbox.runner import SandboxRunner
@@ -59,7 +60,7 @@ def build_orchestrator(
     return Orchestrator(
         executor,
         observer=observer,
-        store=store or InMemoryEventStore(settings.max_finished_runs),
+        store=store or open_store(settings.store, settings.max_finished_runs),
         local_resources=local,
         max_attempts=settings.max_attempts,
         ray_head_port=settings.ray_port,
@@ -117,6 +118,8 @@ def create_app(
         finally:
             # Aborting open runs closes their logs, which ends every open WebSocket stream.
             orchestrator.cleanup(shutdown_executor=executor is None)
+            if store is None:  # the store the settings named is the app's to close
+                orchestrator.store.close()
             metrics.shutdown()
 
     app = FastAPI(

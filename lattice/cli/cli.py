@@ -11,8 +11,10 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from lattice.config.settings import DEFAULT_PORT, DEFAULT_RAY_PORT, ServerSettings
+from lattice.core.store.factory import default_store_spec
 from lattice.exceptions import LatticeError
 from lattice.executor.ray.ports import NodePorts
 from lattice.vocabulary import SandboxLevel, SandboxSpec
@@ -22,6 +24,8 @@ log = logging.getLogger("lattice")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: seconds (Python's default is 0.005); see run_head
 HEAD_SWITCH_INTERVAL = 0.0005
+DATA_DIR_ENV = "LATTICE_DATA_DIR"
+DEFAULT_DATA_DIR = "~/.lattice"
 
 
 def _head_settings(args: argparse.Namespace) -> ServerSettings:
@@ -43,11 +47,18 @@ def _head_settings(args: argparse.Namespace) -> ServerSettings:
         cors_origins=tuple(args.cors_origin or ()),
         max_finished_runs=args.max_finished_runs,
         max_attempts=args.max_attempts,
+        store=args.store or default_store_spec(data_dir(args)),
         sandbox=sandbox,
         metrics_enabled=not args.no_metrics,
         metrics_exporter=args.metrics_exporter,
         metrics_endpoint=args.metrics_endpoint,
     )
+
+
+def data_dir(args: argparse.Namespace) -> Path:
+    """``--data-dir``, else ``$LATTICE_DATA_DIR``, else ``~/.lattice``."""
+    chosen = args.data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    return Path(chosen).expanduser().absolute()
 
 
 def run_head(settings: ServerSettings) -> int:
@@ -57,6 +68,9 @@ def run_head(settings: ServerSettings) -> int:
     from lattice.api.server import create_app
 
     app = create_app(settings)
+    log.info(
+        "Lattice head: store %s (--store, --data-dir or %s move it)", settings.store, DATA_DIR_ENV
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -129,6 +143,16 @@ def _add_head_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=1000,
         help="finished runs kept for reading (default 1000)",
+    )
+    g.add_argument(
+        "--data-dir",
+        help=f"where the head keeps its store (default ${DATA_DIR_ENV}, else {DEFAULT_DATA_DIR})",
+    )
+    g.add_argument(
+        "--store",
+        metavar="memory|sqlite:///PATH",
+        help="where workflows and runs are kept (default: SQLite in the data directory; "
+        "memory: nothing survives a restart)",
     )
     g.add_argument(
         "--max-attempts",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from lattice.core.store.factory import check_store_spec
 from lattice.exceptions import LatticeUsageError
 from lattice.executor.ray.ports import NodePorts
 from lattice.vocabulary import SandboxSpec
@@ -45,6 +46,9 @@ class ServerSettings:
     max_finished_runs: int = 1000
     #: dispatches of a task whose node died, before its run fails
     max_attempts: int = 3
+    #: where workflows and runs are kept: "memory" or "sqlite:///PATH" (``lattice start``
+    #: defaults to SQLite in its data directory; see core.store.factory)
+    store: str = "memory"
     sandbox: SandboxSpec = field(default_factory=SandboxSpec)
     metrics_enabled: bool = True
     metrics_exporter: str = "prometheus"
@@ -61,6 +65,7 @@ class ServerSettings:
             )
         if self.max_attempts < 1:
             raise LatticeUsageError("max_attempts must be >= 1")
+        check_store_spec(self.store)
         if self.ray_node_ports is not None and (self.executor != "ray" or self.ray_port is None):
             raise LatticeUsageError(
                 "ray_node_ports (--ray-node-ports) applies to the Ray head this server starts "

@@ -14,13 +14,16 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lattice.core.run.events import RunEvent, RunStatus
 from lattice.core.run.state import RunState
 from lattice.exceptions import RunNotFoundError
+
+if TYPE_CHECKING:
+    from lattice.core.store.records import DefinitionRecord, StoredRun
 
 
 @dataclass(frozen=True)
@@ -42,11 +45,25 @@ class LoggedEvent:
 class RunLog:
     """One run's append-only log and the state folded from it. Event loop thread only."""
 
-    def __init__(self, run_id: str, workflow_id: str, tasks: Iterable[tuple[str, str]]) -> None:
-        """``tasks``: ``(task_id, task_name)`` of every task of the run, in workflow order."""
+    def __init__(
+        self,
+        run_id: str,
+        workflow_id: str,
+        tasks: Iterable[tuple[str, str]],
+        sink: Callable[[LoggedEvent], None] | None = None,
+    ) -> None:
+        """``tasks``: ``(task_id, task_name)`` of every task of the run, in workflow order;
+        ``sink``: called with each event appended, after the fold took it (a store's write)."""
         self.state = RunState(run_id, workflow_id, tasks)
         self._events: list[LoggedEvent] = []
         self._waiter: asyncio.Future[None] | None = None
+        self._sink = sink
+
+    def load(self, events: Iterable[RunEvent]) -> None:
+        """Fold and keep events read back from a store (not written again)."""
+        for event in events:
+            self.state.apply(event)
+            self._events.append(LoggedEvent(len(self._events), event))
 
     @property
     def run_id(self) -> str:
@@ -62,6 +79,8 @@ class RunLog:
         self.state.apply(event)
         logged = LoggedEvent(len(self._events), event)
         self._events.append(logged)
+        if self._sink is not None:
+            self._sink(logged)
         self._wake()
         return logged
 
@@ -113,10 +132,26 @@ class RunLog:
 
 
 class EventStore(ABC):
-    """Where run logs live. The in-memory store is the default; a persistent one may follow."""
+    """Where workflows and run logs live (DESIGN decision 10).
+
+    A store keeps workflow definitions, each run's accepted record (its definition when it
+    was accepted), every event of every run with its sequence number, and so the outputs of
+    finished tasks (they are in their ``finish_task`` events). A persistent store reads all of
+    it back when it opens, so a restarted head knows its workflows and runs
+    (:meth:`workflows`, :meth:`unfinished_runs`) and resumes the unfinished ones.
+    Event loop thread only; a store may write on a thread of its own.
+    """
 
     @abstractmethod
-    def create(self, run_id: str, workflow_id: str, tasks: Iterable[tuple[str, str]]) -> RunLog: ...
+    def create(
+        self,
+        run_id: str,
+        workflow_id: str,
+        tasks: Iterable[tuple[str, str]],
+        definition: DefinitionRecord | None = None,
+    ) -> RunLog:
+        """Record a run as accepted and return its (empty) log. A persistent store returns
+        only once the accepted record is durable: nothing of the run is dispatched before."""
 
     @abstractmethod
     def get(self, run_id: str) -> RunLog:
@@ -133,9 +168,29 @@ class EventStore(ABC):
     @abstractmethod
     def run_ids(self) -> list[str]: ...
 
+    @abstractmethod
+    def save_workflow(self, record: DefinitionRecord) -> None:
+        """Keep a workflow's definition as it stands now (replacing the one kept before)."""
+
+    @abstractmethod
+    def workflows(self) -> list[DefinitionRecord]:
+        """Every workflow definition kept, in the order they were first saved."""
+
+    def unfinished_runs(self) -> list[StoredRun]:
+        """Runs read back when the store opened whose log has no ``finish_workflow``: a
+        restarted head resumes them. Their logs are already loaded (``get`` knows them)."""
+        return []
+
+    def flush(self) -> None:  # noqa: B027 - nothing to do for a store that keeps nothing
+        """Return once everything handed to the store so far is durable."""
+
+    def close(self) -> None:  # noqa: B027
+        """Make everything durable and let go of the store's resources."""
+
 
 class InMemoryEventStore(EventStore):
-    """Keeps every running run and the ``max_finished`` most recently finished ones.
+    """Keeps every running run and the ``max_finished`` most recently finished ones, and every
+    workflow definition, until the process ends.
 
     Retention: when a run finishes beyond that number, the oldest finished run is retired;
     clients read results before then (or raise the limit). Running runs are never retired.
@@ -145,8 +200,15 @@ class InMemoryEventStore(EventStore):
         self._logs: dict[str, RunLog] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._max_finished = max_finished
+        self._workflows: dict[str, DefinitionRecord] = {}
 
-    def create(self, run_id: str, workflow_id: str, tasks: Iterable[tuple[str, str]]) -> RunLog:
+    def create(
+        self,
+        run_id: str,
+        workflow_id: str,
+        tasks: Iterable[tuple[str, str]],
+        definition: DefinitionRecord | None = None,
+    ) -> RunLog:
         log = self._logs[run_id] = RunLog(run_id, workflow_id, tasks)
         return log
 
@@ -160,14 +222,24 @@ class InMemoryEventStore(EventStore):
         self._finished[run_id] = None
         while len(self._finished) > self._max_finished:
             oldest, _ = self._finished.popitem(last=False)
-            self._logs.pop(oldest, None)
+            self._drop(oldest)
 
     def retire(self, run_id: str) -> None:
         log = self.get(run_id)
         if not log.closed:
             raise RuntimeError(f"run {run_id} is still running")
         self._finished.pop(run_id, None)
-        del self._logs[run_id]
+        self._drop(run_id)
+
+    def _drop(self, run_id: str) -> None:
+        """Forget a finished run (a persistent store deletes it too)."""
+        self._logs.pop(run_id, None)
 
     def run_ids(self) -> list[str]:
         return list(self._logs)
+
+    def save_workflow(self, record: DefinitionRecord) -> None:
+        self._workflows[record.workflow_id] = record
+
+    def workflows(self) -> list[DefinitionRecord]:
+        return list(self._workflows.values())
