@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 from lattice.client.core.client import LatticeClient
 from lattice.client.core.decorator import task
 from lattice.client.core.models import LatticeTask, TaskOutput
+from lattice.client.core.transport import ReconnectPolicy
 from lattice.client.core.workflow import LatticeWorkflow
 from lattice.client.langgraph.client import LangGraphClient
 from lattice.exceptions import (
@@ -49,6 +50,7 @@ __all__ = [
     "LatticeWorkflow",
     "LatticeWorldError",
     "NotFoundError",
+    "ReconnectPolicy",
     "RunCancelledError",
     "RunNotFoundError",
     "TaskErrorInfo",

@@ -7,7 +7,9 @@ wait at a :class:`Listener` where the test wants the head killed.
 from __future__ import annotations
 
 import signal
+import socket
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 import cloudpickle
 import pytest
 
-from lattice import LatticeClient, task
+from lattice import LatticeClient, LatticeConnectionError, ReconnectPolicy, task
 from tests.integration.server_fixture import HeadProcess, free_port, start_local_head
 from tests.integration.submissions import TIMEOUT
 from tests.integration.waiting_tasks import Listener
@@ -70,6 +72,14 @@ def kill(head: HeadProcess) -> None:
     head.stop(signal.SIGKILL, timeout=TIMEOUT)
 
 
+def wait_for_finish(wf: Any, run_id: str, task_id: str) -> None:
+    """Until a client is sent ``task_id``'s finish: with a durable store it is sent only
+    once committed, so from then on a crash cannot take it back."""
+    for message in wf.stream(run_id, timeout=TIMEOUT):
+        if message["type"] == "finish_task" and message["data"]["task_id"] == task_id:
+            return
+
+
 def events_of(client: LatticeClient, workflow_id: str, run_id: str) -> list[dict[str, Any]]:
     return list(client.get_workflow(workflow_id).stream(run_id, timeout=TIMEOUT))
 
@@ -91,6 +101,7 @@ def test_a_run_killed_mid_task_resumes_on_restart_and_finished_tasks_never_run_a
             c = wf.add_task(last, inputs={"dir": str(effects), "y": b.outputs["y"]})
             run_id = wf.run()
             assert listener.accept(1) == ["held"]  # a finished, b runs now
+            wait_for_finish(wf, run_id, a.task_id)
     finally:
         kill(head)
     assert ran(effects) == {"first": 1, "held": 1}
@@ -168,3 +179,124 @@ def test_the_banner_names_the_store_in_the_data_directory(tmp_path: Path) -> Non
     head.stop()
     assert f"store sqlite:///{tmp_path}/lattice.db" in head.output
     assert (tmp_path / "lattice.db").exists()
+
+
+# --- clients across a restart ---------------------------------------------------------------
+
+
+class Waiter:
+    """``get_outputs`` of a run on a thread of its own: what it returned or raised."""
+
+    def __init__(self, url: str, workflow_id: str, run_id: str, policy: ReconnectPolicy) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._client = LatticeClient(url, timeout=TIMEOUT, reconnect=policy)
+        self._workflow = self._client.get_workflow(workflow_id)
+        self._run_id = run_id
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.result = self._workflow.get_outputs(self._run_id, TIMEOUT)
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            self.error = exc
+        finally:
+            self._client.close()
+
+    def join(self) -> None:
+        self._thread.join(TIMEOUT * 2)
+        assert not self._thread.is_alive(), "get_outputs neither returned nor raised"
+
+
+class Releaser:
+    """A thread that lets each task waiting or arriving at ``listener`` through."""
+
+    def __init__(self, listener: Listener) -> None:
+        self._listener = listener
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self._listener.release_all()
+        while not self._stop.is_set():
+            self._listener.accept(1)
+            self._listener.release_all()
+
+    def stop(self) -> None:
+        self._stop.set()
+        # A blocked accept() does not wake when the socket closes: knock once instead.
+        socket.create_connection(("127.0.0.1", self._listener.port)).close()
+        self._thread.join(TIMEOUT)
+
+
+def start_held_chain(
+    client: LatticeClient, effects: Path, listener: Listener
+) -> tuple[Any, str, list[Any]]:
+    wf = client.create_workflow()
+    a = wf.add_task(first, inputs={"dir": str(effects), "x": 2})
+    b = wf.add_task(held, inputs={"dir": str(effects), "port": listener.port, "y": a.outputs["y"]})
+    c = wf.add_task(last, inputs={"dir": str(effects), "y": b.outputs["y"]})
+    run_id = wf.run()
+    assert listener.accept(1) == ["held"]
+    wait_for_finish(wf, run_id, a.task_id)
+    return wf, run_id, [a, b, c]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_client_waiting_for_outputs_gets_every_one_after_the_head_restarts(
+    tmp_path: Path, listener: Listener, sig: int
+) -> None:
+    data, effects = tmp_path / "data", tmp_path / "effects"
+    effects.mkdir()
+    port = free_port()
+    head = start_local_head(data_dir=data, port=port)
+    try:
+        with LatticeClient(head.url, timeout=TIMEOUT) as client:
+            wf, run_id, (a, b, c) = start_held_chain(client, effects, listener)
+        waiter = Waiter(head.url, wf.workflow_id, run_id, ReconnectPolicy(60, 0.05, 0.5))
+    finally:
+        assert head.proc is not None
+        head.proc.send_signal(sig)
+    # From now on every attempt of b is let through: a head stopped by SIGTERM exits only
+    # once its task threads return (it records nothing of them: the run stays unfinished).
+    releaser = Releaser(listener)
+    code = head.wait(TIMEOUT)
+    assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), head.output[-2000:]
+    if sig == signal.SIGTERM:
+        assert "Traceback" not in head.output
+    head = start_local_head(data_dir=data, port=port)
+    try:
+        waiter.join()
+        with LatticeClient(head.url, timeout=TIMEOUT) as client:
+            messages = events_of(client, wf.workflow_id, run_id)
+    finally:
+        head.stop()
+        releaser.stop()
+    assert waiter.error is None, waiter.error
+    assert set(waiter.result) == {a.task_id, b.task_id, c.task_id}
+    assert waiter.result[c.task_id]["y"] == 50
+    assert ran(effects)["first"] == 1 and ran(effects)["last"] == 1
+    finishes = Counter(m["data"]["task_id"] for m in messages if m["type"] == "finish_task")
+    assert finishes == {a.task_id: 1, b.task_id: 1, c.task_id: 1}
+    assert [m["type"] for m in messages].count("finish_workflow") == 1
+
+
+def test_a_client_waiting_for_outputs_raises_when_the_head_dies_for_good(
+    tmp_path: Path, listener: Listener
+) -> None:
+    effects = tmp_path / "effects"
+    effects.mkdir()
+    head = start_local_head(data_dir=tmp_path / "data")
+    try:
+        with LatticeClient(head.url, timeout=TIMEOUT) as client:
+            wf, run_id, _ = start_held_chain(client, effects, listener)
+        waiter = Waiter(head.url, wf.workflow_id, run_id, ReconnectPolicy(3, 0.05, 0.1))
+    finally:
+        kill(head)
+    waiter.join()
+    assert waiter.result is None, "returned outputs of a run that never finished"
+    assert isinstance(waiter.error, LatticeConnectionError)
+    assert run_id in str(waiter.error) and head.url in str(waiter.error)
+    assert "3 reconnections" in str(waiter.error)

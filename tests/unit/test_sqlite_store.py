@@ -3,12 +3,15 @@ grouped commits and the schema's version."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lattice import ReconnectPolicy
 from lattice.core.run.events import RunFinished, RunStatus, TaskFinished, TaskStarted
 from lattice.core.store.factory import default_store_spec, open_store
 from lattice.core.store.records import (
@@ -19,7 +22,7 @@ from lattice.core.store.records import (
 from lattice.core.store.schema import SCHEMA_VERSION
 from lattice.core.store.sqlite import SQLiteEventStore
 from lattice.core.workflow.base import CodeTask, CodeTaskConfig, Workflow
-from lattice.exceptions import LatticeUsageError, RunNotFoundError, StoreError
+from lattice.exceptions import LatticeInputError, LatticeUsageError, RunNotFoundError, StoreError
 from lattice.serialization import dumps_b64
 from lattice.vocabulary import SandboxSpec
 
@@ -208,3 +211,43 @@ def test_store_specs(tmp_path: Path) -> None:
     for bad in ("sqlite://relative", "postgres://x", "sqlite:///", ""):
         with pytest.raises(LatticeUsageError, match="'memory' or 'sqlite:///PATH'"):
             open_store(bad)
+
+
+def test_followers_see_an_event_only_once_it_is_committed(tmp_path: Path) -> None:
+    """So a client never sees an event a crash could take back, and the sequence numbers it
+    saw still hold after a restart."""
+    store = SQLiteEventStore(tmp_path / "lattice.db")
+    wf = two_task_workflow()
+    log = store.create("r1", "wf", tasks_of(wf), definition_record(wf))
+    committed = threading.Event()
+
+    async def main() -> list[int]:
+        store.bind_loop(asyncio.get_running_loop())
+        # Hold the writer: until released, nothing more is committed.
+        store._writer.submit(lambda conn: committed.wait(10))
+        log.append(TaskStarted("r1", "wf", "a", "name-a", "n1", "127.0.0.1"))
+        seen: list[int] = []
+
+        async def follow() -> None:
+            async for event in log.follow(0):
+                seen.append(event.seq)
+
+        follower = asyncio.create_task(follow())
+        await asyncio.sleep(0)  # a yield: the follower runs up to its wait
+        assert seen == [] and log.visible == 0 and len(log) == 1
+        committed.set()
+        log.append(RunFinished("r1", "wf", RunStatus.CANCELLED, (("running", 1),)))
+        await asyncio.wait_for(follower, 10)
+        return seen
+
+    try:
+        assert asyncio.run(main()) == [0, 1]
+    finally:
+        store.close()
+
+
+def test_reconnect_delays_double_up_to_their_ceiling() -> None:
+    policy = ReconnectPolicy(attempts=5, first_delay=0.25, max_delay=1.0)
+    assert [policy.delay(n) for n in range(1, 6)] == [0.25, 0.5, 1.0, 1.0, 1.0]
+    with pytest.raises(LatticeInputError):
+        ReconnectPolicy(attempts=-1)

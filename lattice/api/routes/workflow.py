@@ -163,4 +163,9 @@ async def get_workflow_res(
             await websocket.send_json(event.to_message())
     except WebSocketDisconnect:
         return
+    if not run_log.closed:
+        # The head is stopping with the run unfinished (it resumes after a restart): 1012
+        # (service restart) tells the client to come back, not that the run is over.
+        await websocket.close(code=1012, reason="the head is restarting; reconnect")
+        return
     await websocket.close()

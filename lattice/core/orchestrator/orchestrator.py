@@ -112,7 +112,9 @@ class Orchestrator:
     async def start_monitor(self) -> None:
         """Route scheduler messages onto this event loop (no polling: a thread-safe hand-off),
         then resume every run the store holds unfinished."""
-        handoff = LoopHandoff(asyncio.get_running_loop(), self._handle_scheduler_message)
+        loop = asyncio.get_running_loop()
+        self._store.bind_loop(loop)
+        handoff = LoopHandoff(loop, self._handle_scheduler_message)
         self._bus.set_listener(handoff.put)
         self._resume_runs()
 
@@ -156,9 +158,17 @@ class Orchestrator:
 
     def cleanup(self, timeout: float = 5.0, *, shutdown_executor: bool = True) -> None:
         """End open runs, stop the scheduler and, unless ``shutdown_executor`` is False (an
-        executor shared with other orchestrators), shut the executor down."""
+        executor shared with other orchestrators), shut the executor down.
+
+        With a durable store open runs are left unfinished, to resume when a head opens the
+        store again: their streams end now (clients reconnect). Otherwise they are recorded
+        cancelled ("server shutting down")."""
         for ctx in list(self._run_contexts.values()):
-            if isinstance(ctx, RunContext):
+            if not isinstance(ctx, RunContext):
+                continue
+            if self._store.durable:
+                ctx.log.release()
+            else:
                 ctx.abort("server shutting down")
         if self._scheduler is not None and self._message_bus is not None:
             self._message_bus.set_listener(None)

@@ -53,17 +53,23 @@ class RunLog:
         sink: Callable[[LoggedEvent], None] | None = None,
     ) -> None:
         """``tasks``: ``(task_id, task_name)`` of every task of the run, in workflow order;
-        ``sink``: called with each event appended, after the fold took it (a store's write)."""
+        ``sink``: called with each event appended, after the fold took it (a store's write);
+        with a sink, followers see an event once the store calls :meth:`mark_durable`."""
         self.state = RunState(run_id, workflow_id, tasks)
         self._events: list[LoggedEvent] = []
         self._waiter: asyncio.Future[None] | None = None
         self._sink = sink
+        self._durable: int | None = None if sink is None else 0
+        #: the head is stopping and the run stays unfinished (it resumes after a restart)
+        self.released = False
 
     def load(self, events: Iterable[RunEvent]) -> None:
         """Fold and keep events read back from a store (not written again)."""
         for event in events:
             self.state.apply(event)
             self._events.append(LoggedEvent(len(self._events), event))
+        if self._durable is not None:
+            self._durable = len(self._events)
 
     @property
     def run_id(self) -> str:
@@ -89,6 +95,12 @@ class RunLog:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def release(self) -> None:
+        """End every follower now, the run unfinished: the head is stopping, and the run will
+        resume when a head opens the store again (its followers reconnect then)."""
+        self.released = True
+        self._wake()
+
     @property
     def closed(self) -> bool:
         return self.state.finished is not None
@@ -103,14 +115,27 @@ class RunLog:
     def events(self, from_seq: int = 0) -> list[LoggedEvent]:
         return self._events[max(0, from_seq) :]
 
+    @property
+    def visible(self) -> int:
+        """How many events followers may see: all of them, or with a durable store only
+        those committed (a client never sees an event a restart could take back, so the
+        sequence numbers it saw stay valid across the restart)."""
+        return len(self._events) if self._durable is None else self._durable
+
+    def mark_durable(self, count: int) -> None:
+        """The store committed the first ``count`` events (event loop thread)."""
+        if self._durable is not None and count > self._durable:
+            self._durable = count
+            self._wake()
+
     async def follow(self, from_seq: int = 0) -> AsyncIterator[LoggedEvent]:
         """Yield every event from ``from_seq`` on, waiting for new ones until the run ends."""
         i = max(0, from_seq)
         while True:
-            while i < len(self._events):
+            while i < self.visible:
                 yield self._events[i]
                 i += 1
-            if self.closed:
+            if (self.closed and self.visible == len(self._events)) or self.released:
                 return
             if self._waiter is None:
                 self._waiter = asyncio.get_running_loop().create_future()
@@ -180,6 +205,15 @@ class EventStore(ABC):
         """Runs read back when the store opened whose log has no ``finish_workflow``: a
         restarted head resumes them. Their logs are already loaded (``get`` knows them)."""
         return []
+
+    @property
+    def durable(self) -> bool:
+        """Whether what it keeps outlives the process (an unfinished run then resumes)."""
+        return False
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:  # noqa: B027
+        """The event loop its logs live on (a store that commits on a thread of its own tells
+        them there what is durable)."""
 
     def flush(self) -> None:  # noqa: B027 - nothing to do for a store that keeps nothing
         """Return once everything handed to the store so far is durable."""

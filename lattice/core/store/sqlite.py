@@ -11,10 +11,11 @@ drops from memory.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from lattice.core.run.events import RunEvent, RunFinished, event_from_record
 from lattice.core.run.log import InMemoryEventStore, LoggedEvent, RunLog
 from lattice.core.store.records import DefinitionRecord, StoredRun
 from lattice.core.store.schema import migrate
-from lattice.core.store.writer import BatchWriter
+from lattice.core.store.writer import BatchWriter, call_all
 from lattice.exceptions import StoreError
 
 
@@ -138,7 +139,19 @@ class SQLiteEventStore(InMemoryEventStore):
                     "UPDATE runs SET status = ?, finished_order = ? WHERE run_id = ?", finish
                 )
 
-        self._writer.submit(write)
+        log = self._logs.get(run_id)
+        count = logged.seq + 1
+        self._writer.submit(write, None if log is None else lambda: log.mark_durable(count))
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Logs live on the loop: what is durable is told to them there, once per commit.
+        def deliver(callbacks: list[Callable[[], None]]) -> None:
+            try:
+                loop.call_soon_threadsafe(call_all, callbacks)
+            except RuntimeError:
+                return  # the loop is closed: the app is gone, and every follower with it
+
+        self._writer.deliver_with(deliver)
 
     def save_workflow(self, record: DefinitionRecord) -> None:
         known = record.workflow_id in self._workflows
@@ -171,6 +184,10 @@ class SQLiteEventStore(InMemoryEventStore):
             conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
 
         self._writer.submit(write)
+
+    @property
+    def durable(self) -> bool:
+        return True
 
     def flush(self) -> None:
         self._writer.flush()

@@ -19,6 +19,12 @@ from lattice.exceptions import StoreError
 log = logging.getLogger(__name__)
 
 Write = Callable[[sqlite3.Connection], None]
+Done = Callable[[], None]
+
+
+def call_all(callbacks: list[Done]) -> None:
+    for callback in callbacks:
+        callback()
 
 
 class BatchWriter:
@@ -27,7 +33,9 @@ class BatchWriter:
         opened with ``check_same_thread=False``)."""
         self._conn = conn
         self._cond = threading.Condition()
-        self._queue: list[Write] = []
+        self._queue: list[tuple[Write, Done | None]] = []
+        #: hands a commit's callbacks to whoever must run them (see deliver_with)
+        self._deliver: Callable[[list[Done]], None] = call_all
         self._submitted = 0
         self._committed = 0
         self._closing = False
@@ -37,14 +45,20 @@ class BatchWriter:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, write: Write) -> None:
-        """Queue ``write``. Raises StoreError if an earlier commit failed: nothing is taken
-        that could not be kept."""
+    def deliver_with(self, deliver: Callable[[list[Done]], None]) -> None:
+        """After each commit, pass its writes' ``on_commit`` callbacks to ``deliver`` (from the
+        writer's thread; by default they are called there)."""
+        self._deliver = deliver
+
+    def submit(self, write: Write, on_commit: Done | None = None) -> None:
+        """Queue ``write``; ``on_commit`` is called (see deliver_with) once it is committed.
+        Raises StoreError if an earlier commit failed: nothing is taken that could not be
+        kept."""
         with self._cond:
             self._check()
             if self._closing:
                 raise StoreError("the store is closed")
-            self._queue.append(write)
+            self._queue.append((write, on_commit))
             self._submitted += 1
             self._cond.notify_all()
 
@@ -90,7 +104,7 @@ class BatchWriter:
                     return
             try:
                 with self._conn:  # one transaction: committed, or rolled back on error
-                    for write in batch:
+                    for write, _ in batch:
                         write(self._conn)
             except (sqlite3.Error, ValueError, TypeError) as exc:
                 # Loud and sticky: every later submit and flush raises, so the head stops
@@ -100,6 +114,9 @@ class BatchWriter:
                     self._error = exc
                     self._cond.notify_all()
                 return
+            callbacks = [done for _, done in batch if done is not None]
+            if callbacks:
+                self._deliver(callbacks)
             with self._cond:
                 self._committed += len(batch)
                 self.commits += 1
