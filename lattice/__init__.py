@@ -32,6 +32,7 @@ from lattice.exceptions import (
     TaskSkippedError,
     WorkflowNotFoundError,
 )
+from lattice.vocabulary import TaskAttempt, current_attempt
 
 __all__ = [
     "CycleError",
@@ -53,6 +54,7 @@ __all__ = [
     "ReconnectPolicy",
     "RunCancelledError",
     "RunNotFoundError",
+    "TaskAttempt",
     "TaskErrorInfo",
     "TaskFailedError",
     "TaskNotFoundError",
@@ -60,5 +62,6 @@ __all__ = [
     "TaskSkippedError",
     "WorkflowNotFoundError",
     "__version__",
+    "current_attempt",
     "task",
 ]

@@ -21,6 +21,7 @@ import cloudpickle
 from lattice.exceptions import TaskErrorInfo
 from lattice.executor.base import TaskKind, TaskOutcome, TaskSubmission
 from lattice.serialization import LargeValue, WireValue, decode_value, dumps_b64, loads_b64
+from lattice.vocabulary import _CURRENT_ATTEMPT
 
 _MAX_PICKLED_ERROR = 256 * 1024
 
@@ -151,6 +152,7 @@ def execute(sub: TaskSubmission, *, set_gpu_env: bool = True) -> TaskOutcome:
     """Run ``sub`` here and now. ``set_gpu_env`` exports CUDA_VISIBLE_DEVICES (process-wide,
     so only where one task owns the process: a Ray worker or a sandbox child)."""
     start = time.perf_counter()
+    token = _CURRENT_ATTEMPT.set(sub.attempt)
     try:
         with _gpu_env(sub.node.gpu_ids, set_gpu_env):
             value = _run(sub)
@@ -158,4 +160,6 @@ def execute(sub: TaskSubmission, *, set_gpu_env: bool = True) -> TaskOutcome:
         return TaskOutcome(
             error=error_info(exc, skip_frames=3), duration=time.perf_counter() - start
         )
+    finally:
+        _CURRENT_ATTEMPT.reset(token)
     return TaskOutcome(value=value, duration=time.perf_counter() - start)

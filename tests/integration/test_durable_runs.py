@@ -27,8 +27,12 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def _record(directory: str, name: str) -> None:
+    """One line per execution: the attempt and the idempotency key it ran as."""
+    from lattice import current_attempt
+
+    attempt = current_attempt()
     with open(Path(directory) / f"{name}.ran", "a") as f:
-        f.write("ran\n")
+        f.write(f"{attempt.attempt} {attempt.idempotency_key}\n")
 
 
 @task(inputs=["dir", "x"], outputs=["y"], resources={"cpu": 0.5})
@@ -119,6 +123,9 @@ def test_a_run_killed_mid_task_resumes_on_restart_and_finished_tasks_never_run_a
         head.stop()
     # a's recorded output fed b after the restart; a never ran again.
     assert ran(effects) == {"first": 1, "held": 2, "last": 1}
+    # b's code saw its attempt, and one key for both attempts.
+    key = f"{run_id}/{b.task_id}"
+    assert (effects / "held.ran").read_text().splitlines() == [f"1 {key}", f"2 {key}"]
     finishes = Counter(m["data"]["task_id"] for m in messages if m["type"] == "finish_task")
     assert finishes == {a.task_id: 1, b.task_id: 1, c.task_id: 1}
     starts = [m["data"] for m in messages if m["type"] == "start_task"]

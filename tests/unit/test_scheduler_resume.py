@@ -13,6 +13,7 @@ from lattice.core.run.state import RunState
 from lattice.core.runtime.task import CodeTaskRuntime
 from lattice.exceptions import TaskErrorInfo
 from lattice.serialization import WireValue, encode_value
+from lattice.vocabulary import TaskAttempt
 from tests.unit.scheduler_driver import Driver, task
 
 
@@ -42,8 +43,10 @@ def test_a_recorded_finish_never_runs_again_and_feeds_its_dependant_its_stored_o
     sub = d.running[d.key_of("b")]
     value = sub.upstream_inputs["in_a"]
     assert isinstance(value, WireValue) and value.decode() == [1, 2]
-    # b was recorded started once: this is its second attempt.
+    # b was recorded started once: this is its second attempt, and its code is told so.
     assert d.of("r1", TaskStarted)[0].attempt == 2
+    assert sub.attempt == TaskAttempt("r1", "b", 2)
+    assert sub.attempt.idempotency_key == "r1/b"
     d.finish("b")
     d.finish("c")
     assert d.finished().status is RunStatus.COMPLETED

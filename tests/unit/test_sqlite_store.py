@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from lattice import ReconnectPolicy
+from lattice import ReconnectPolicy, current_attempt
 from lattice.core.run.events import RunFinished, RunStatus, TaskFinished, TaskStarted
 from lattice.core.store.factory import default_store_spec, open_store
 from lattice.core.store.records import (
@@ -251,3 +251,8 @@ def test_reconnect_delays_double_up_to_their_ceiling() -> None:
     assert [policy.delay(n) for n in range(1, 6)] == [0.25, 0.5, 1.0, 1.0, 1.0]
     with pytest.raises(LatticeInputError):
         ReconnectPolicy(attempts=-1)
+
+
+def test_current_attempt_outside_a_task_says_what_it_is_for() -> None:
+    with pytest.raises(LatticeUsageError, match="running \\(unbatched\\) task"):
+        current_attempt()
