@@ -6,6 +6,7 @@ wait at a :class:`Listener` where the test wants the head killed.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sys
@@ -307,3 +308,63 @@ def test_a_client_waiting_for_outputs_raises_when_the_head_dies_for_good(
     assert isinstance(waiter.error, LatticeConnectionError)
     assert run_id in str(waiter.error) and head.url in str(waiter.error)
     assert "3 reconnections" in str(waiter.error)
+
+
+# --- on Ray ---------------------------------------------------------------------------------
+
+
+def start_ray_head(data: Path, port: int) -> HeadProcess:
+    from tests.conftest import require_module
+
+    require_module("ray", "the Ray head")
+    args = ["start", "--head", "--executor", "ray", "--port", str(port)]
+    args += ["--ray-port", str(free_port()), "--num-cpus", "2"]
+    return HeadProcess(args, port=port, data_dir=data).start(timeout=180)
+
+
+def kill_with_its_ray(head: HeadProcess) -> None:
+    """SIGKILL the head and every process it started, in their own process groups too (its
+    Ray node runs in one of its own): what a machine crash does, and nothing is left over."""
+    import psutil
+
+    assert head.proc is not None
+    groups = {os.getpgid(head.proc.pid)}
+    for child in psutil.Process(head.proc.pid).children(recursive=True):
+        try:
+            groups.add(os.getpgid(child.pid))
+        except ProcessLookupError:
+            continue  # it ended by itself meanwhile
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    head.wait(TIMEOUT)
+
+
+def test_on_ray_a_run_killed_mid_task_resumes_and_finished_tasks_never_run_again(
+    tmp_path: Path, listener: Listener
+) -> None:
+    data, effects = tmp_path / "data", tmp_path / "effects"
+    effects.mkdir()
+    port = free_port()
+    head = start_ray_head(data, port)
+    try:
+        with LatticeClient(head.url, timeout=TIMEOUT) as client:
+            wf, run_id, (a, b, c) = start_held_chain(client, effects, listener)
+    finally:
+        kill_with_its_ray(head)
+    listener.waiting.clear()
+    head = start_ray_head(data, port)
+    try:
+        assert listener.accept(1) == ["held"]
+        listener.release_all()
+        with LatticeClient(head.url, timeout=TIMEOUT) as client:
+            outputs = client.get_workflow(wf.workflow_id).get_outputs(run_id, timeout=TIMEOUT)
+            messages = events_of(client, wf.workflow_id, run_id)
+    finally:
+        head.stop(timeout=90)
+    assert outputs[c.task_id]["y"] == 50
+    assert ran(effects) == {"first": 1, "held": 2, "last": 1}
+    finishes = Counter(m["data"]["task_id"] for m in messages if m["type"] == "finish_task")
+    assert finishes == {a.task_id: 1, b.task_id: 1, c.task_id: 1}
