@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 from collections import Counter
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+import httpx
 import pytest
 
 from lattice import LatticeClient, LatticeConnectionError, ReconnectPolicy, task
@@ -368,3 +370,34 @@ def test_on_ray_a_run_killed_mid_task_resumes_and_finished_tasks_never_run_again
     assert ran(effects) == {"first": 1, "held": 2, "last": 1}
     finishes = Counter(m["data"]["task_id"] for m in messages if m["type"] == "finish_task")
     assert finishes == {a.task_id: 1, b.task_id: 1, c.task_id: 1}
+
+
+def test_a_run_whose_code_is_gone_from_the_store_fails_on_restart_saying_why(
+    tmp_path: Path, listener: Listener
+) -> None:
+    data, effects = tmp_path / "data", tmp_path / "effects"
+    effects.mkdir()
+    port = free_port()
+    head = start_local_head(data_dir=data, port=port)
+    try:
+        with LatticeClient(head.url, timeout=TIMEOUT) as client:
+            wf, run_id, _ = start_held_chain(client, effects, listener)
+    finally:
+        kill(head)
+    conn = sqlite3.connect(data / "lattice.db")
+    with conn:
+        conn.execute("DELETE FROM code_blobs")
+    conn.close()
+    head = start_local_head(data_dir=data, port=port)
+    try:
+        run = httpx.get(f"{head.url}/runs/{run_id}", timeout=TIMEOUT).json()["run"]
+        # Its workflow's definition cannot be rebuilt either: it is not served.
+        assert httpx.get(f"{head.url}/get_workflow_tasks/{wf.workflow_id}").status_code == 404
+    finally:
+        head.stop()
+    assert run["status"] == "failed"
+    errors = [t["error"] for t in run["tasks"].values() if t["status"] == "failed"]
+    assert len(errors) == 2 and all(e["type"] == "CodeUnavailableError" for e in errors)
+    assert "is missing from the store" in errors[0]["message"]
+    assert "cannot resume" in head.output
+    assert ran(effects) == {"first": 1, "held": 1}
