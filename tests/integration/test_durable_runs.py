@@ -401,3 +401,50 @@ def test_a_run_whose_code_is_gone_from_the_store_fails_on_restart_saying_why(
     assert "is missing from the store" in errors[0]["message"]
     assert "cannot resume" in head.output
     assert ran(effects) == {"first": 1, "held": 1}
+
+
+@task(inputs=["dir", "x"], outputs=["y"], resources={"cpu": 0.5}, batch_size=3, batch_timeout=600)
+def batched(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    with open(Path(batch[0]["dir"]) / "batched.ran", "a") as f:
+        f.write(f"{len(batch)}\n")
+    return [{"y": item["x"] * 2} for item in batch]
+
+
+def test_tasks_in_a_batch_being_collected_when_the_head_dies_run_once_after_it(
+    tmp_path: Path,
+) -> None:
+    """Two of a batch of three are collected (it waits for a third, for ten minutes) when the
+    head is killed; after the restart a third run completes the batch."""
+    data, effects = tmp_path / "data", tmp_path / "effects"
+    effects.mkdir()
+    port = free_port()
+    head = start_local_head(data_dir=data, port=port)
+    runs = []
+    try:
+        with LatticeClient(head.url, timeout=TIMEOUT) as client:
+            for x in (1, 2):
+                wf = client.create_workflow()
+                t = wf.add_task(batched, inputs={"dir": str(effects), "x": x})
+                runs.append((wf.workflow_id, wf.run(), t.task_id, x))
+    finally:
+        kill(head)
+    assert ran(effects) == {}
+    head = start_local_head(data_dir=data, port=port)
+    try:
+        with LatticeClient(head.url, timeout=TIMEOUT) as client:
+            wf = client.create_workflow()
+            t = wf.add_task(batched, inputs={"dir": str(effects), "x": 3})
+            runs.append((wf.workflow_id, wf.run(), t.task_id, 3))
+            for workflow_id, run_id, task_id, x in runs:
+                outputs = client.get_workflow(workflow_id).get_outputs(run_id, TIMEOUT)
+                assert outputs[task_id]["y"] == 2 * x
+                messages = events_of(client, workflow_id, run_id)
+                assert [m["type"] for m in messages] == [
+                    "start_task",
+                    "finish_task",
+                    "finish_workflow",
+                ]
+    finally:
+        head.stop()
+    # One call, with all three: nothing of the first head's batch ran, nothing ran twice.
+    assert (effects / "batched.ran").read_text().splitlines() == ["3"]
