@@ -448,3 +448,46 @@ def test_tasks_in_a_batch_being_collected_when_the_head_dies_run_once_after_it(
         head.stop()
     # One call, with all three: nothing of the first head's batch ran, nothing ran twice.
     assert (effects / "batched.ran").read_text().splitlines() == ["3"]
+
+
+@task(inputs=["dir", "y"], outputs=["y"], resources={"cpu": 1.0})
+def wide(params: dict[str, Any]) -> dict[str, Any]:
+    _record(params["dir"], "wide")
+    return {"y": sum(params["y"])}
+
+
+def test_a_head_killed_between_a_finish_and_its_dependants_start_runs_neither_twice(
+    tmp_path: Path, listener: Listener
+) -> None:
+    """One CPU: a (half) finishes while a held task keeps the other half, so a's dependant,
+    which needs the whole CPU, cannot start yet when the head dies."""
+    data, effects = tmp_path / "data", tmp_path / "effects"
+    effects.mkdir()
+    port = free_port()
+    head = start_local_head("--num-cpus", "1", data_dir=data, port=port)
+    try:
+        with LatticeClient(head.url, timeout=TIMEOUT) as client:
+            wf = client.create_workflow()
+            wf.add_task(held, inputs={"dir": str(effects), "port": listener.port, "y": [0]})
+            a = wf.add_task(first, inputs={"dir": str(effects), "x": 1})
+            b = wf.add_task(wide, inputs={"dir": str(effects), "y": a.outputs["y"]})
+            run_id = wf.run()
+            listener.accept(1)
+            wait_for_finish(wf, run_id, a.task_id)
+    finally:
+        kill(head)
+    assert ran(effects) == {"held": 1, "first": 1}
+    listener.waiting.clear()
+    head = start_local_head("--num-cpus", "1", data_dir=data, port=port)
+    try:
+        listener.accept(1)
+        listener.release_all()
+        with LatticeClient(head.url, timeout=TIMEOUT) as client:
+            outputs = client.get_workflow(wf.workflow_id).get_outputs(run_id, TIMEOUT)
+            messages = events_of(client, wf.workflow_id, run_id)
+    finally:
+        head.stop()
+    assert outputs[b.task_id]["y"] == 3
+    assert ran(effects) == {"held": 2, "first": 1, "wide": 1}
+    finishes = Counter(m["data"]["task_id"] for m in messages if m["type"] == "finish_task")
+    assert set(finishes.values()) == {1} and len(finishes) == 3
