@@ -6,16 +6,18 @@ The CLI turns flags and environment into settings values; nothing else reads eit
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from lattice.config.settings import DEFAULT_PORT, DEFAULT_RAY_PORT, ServerSettings
 from lattice.core.store.factory import default_store_spec
-from lattice.exceptions import LatticeError
+from lattice.exceptions import LatticeError, LatticeUsageError
 from lattice.executor.ray.ports import NodePorts
 from lattice.vocabulary import SandboxLevel, SandboxSpec
 
@@ -61,12 +63,27 @@ def data_dir(args: argparse.Namespace) -> Path:
     return Path(chosen).expanduser().absolute()
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Raise LatticeUsageError naming the port and the flag if ``port`` is taken: one line
+    instead of a traceback after the head has opened its store and started its executor."""
+    try:
+        probe = socket.create_server((host, port))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise LatticeUsageError(
+            f"port {port} on {host} is in use (another head?); choose another with --port"
+        ) from None
+    probe.close()
+
+
 def run_head(settings: ServerSettings) -> int:
     """Serve the API in the foreground until SIGINT/SIGTERM; then shut down cleanly."""
     import uvicorn
 
     from lattice.api.server import create_app
 
+    check_port_free(settings.host, settings.port)
     app = create_app(settings)
     log.info(
         "Lattice head: store %s (--store, --data-dir or %s move it)", settings.store, DATA_DIR_ENV

@@ -491,3 +491,20 @@ def test_a_head_killed_between_a_finish_and_its_dependants_start_runs_neither_tw
     assert ran(effects) == {"held": 2, "first": 1, "wide": 1}
     finishes = Counter(m["data"]["task_id"] for m in messages if m["type"] == "finish_task")
     assert set(finishes.values()) == {1} and len(finishes) == 3
+
+
+def test_a_port_in_use_is_one_line_naming_the_port_and_the_flag(tmp_path: Path) -> None:
+    taken = socket.create_server(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    head = HeadProcess(
+        ["start", "--head", "--executor", "local", "--port", str(port)], data_dir=tmp_path
+    )
+    try:
+        head.launch()
+        code = head.wait(TIMEOUT)
+    finally:
+        head.stop(signal.SIGKILL)
+        taken.close()
+    assert code == 2
+    assert f"lattice: port {port} on 127.0.0.1 is in use" in head.output
+    assert "--port" in head.output and "Traceback" not in head.output
