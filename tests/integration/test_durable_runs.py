@@ -508,3 +508,33 @@ def test_a_port_in_use_is_one_line_naming_the_port_and_the_flag(tmp_path: Path) 
     assert code == 2
     assert f"lattice: port {port} on 127.0.0.1 is in use" in head.output
     assert "--port" in head.output and "Traceback" not in head.output
+
+
+def test_deleting_a_workflow_forgets_it_and_its_runs_also_across_a_restart(
+    tmp_path: Path, listener: Listener
+) -> None:
+    data, effects = tmp_path / "data", tmp_path / "effects"
+    effects.mkdir()
+    port = free_port()
+    head = start_local_head(data_dir=data, port=port)
+    try:
+        with LatticeClient(head.url, timeout=TIMEOUT) as client:
+            wf = client.create_workflow()
+            wf.add_task(held, inputs={"dir": str(effects), "port": listener.port, "y": [1]})
+            run_id = wf.run()
+            listener.accept(1)
+            busy = httpx.delete(f"{head.url}/workflows/{wf.workflow_id}")
+            assert busy.status_code == 409 and run_id in busy.text
+            listener.release_all()
+            wf.get_outputs(run_id, TIMEOUT)
+        assert httpx.delete(f"{head.url}/workflows/{wf.workflow_id}").status_code == 200
+        assert httpx.get(f"{head.url}/runs/{run_id}").status_code == 404
+        assert httpx.delete(f"{head.url}/workflows/{wf.workflow_id}").status_code == 404
+    finally:
+        head.stop()
+    head = start_local_head(data_dir=data, port=port)
+    try:
+        assert httpx.get(f"{head.url}/get_workflow_tasks/{wf.workflow_id}").status_code == 404
+        assert httpx.get(f"{head.url}/runs/{run_id}").status_code == 404
+    finally:
+        head.stop()

@@ -201,6 +201,29 @@ class Orchestrator:
         """Store the workflow's definition as it stands (after every successful edit)."""
         self._store.save_workflow(definition_record(workflow))
 
+    def delete_workflow(self, workflow_id: str) -> None:
+        """Forget a workflow and its finished runs, in memory and in the store.
+
+        Raises WorkflowNotFoundError for an unknown id, LatticeUsageError (changing nothing)
+        while a run of it is still running."""
+        self.get_workflow(workflow_id)
+        running = [
+            ctx.run_id
+            for ctx in self._run_contexts.values()
+            if isinstance(ctx, RunContext) and ctx.workflow.workflow_id == workflow_id
+        ]
+        if running:
+            raise LatticeUsageError(
+                f"workflow {workflow_id} has runs still running ({', '.join(running)}); "
+                "cancel them before deleting it"
+            )
+        for run_id in self._store.run_ids():
+            if self._store.get(run_id).workflow_id == workflow_id:
+                self._store.retire(run_id)
+        del self._workflows[workflow_id]
+        self._store.delete_workflow(workflow_id)
+        return_free_memory()
+
     def get_workflow(self, workflow_id: str) -> Workflow:
         try:
             return self._workflows[workflow_id]

@@ -198,6 +198,10 @@ class EventStore(ABC):
         """Keep a workflow's definition as it stands now (replacing the one kept before)."""
 
     @abstractmethod
+    def delete_workflow(self, workflow_id: str) -> None:
+        """Forget a workflow's definition (its runs are retired one by one, before)."""
+
+    @abstractmethod
     def workflows(self) -> list[DefinitionRecord]:
         """Every workflow definition kept, in the order they were first saved."""
 
@@ -274,6 +278,9 @@ class InMemoryEventStore(EventStore):
 
     def save_workflow(self, record: DefinitionRecord) -> None:
         self._workflows[record.workflow_id] = record
+
+    def delete_workflow(self, workflow_id: str) -> None:
+        self._workflows.pop(workflow_id, None)
 
     def workflows(self) -> list[DefinitionRecord]:
         return list(self._workflows.values())

@@ -176,6 +176,16 @@ class SQLiteEventStore(InMemoryEventStore):
         self._writer.submit(write)
         self._writer.flush()
 
+    def delete_workflow(self, workflow_id: str) -> None:
+        super().delete_workflow(workflow_id)
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM workflows WHERE workflow_id = ?", (workflow_id,))
+
+        # Answered as done: it must not come back after a crash.
+        self._writer.submit(write)
+        self._writer.flush()
+
     def _drop(self, run_id: str) -> None:
         super()._drop(run_id)
 
