@@ -60,7 +60,7 @@ def build_orchestrator(
     return Orchestrator(
         executor,
         observer=observer,
-        store=store or open_store(settings.store, settings.max_finished_runs),
+        store=store or open_store(settings.store, settings.max_finished_runs, settings.max_run_age),
         local_resources=local,
         max_attempts=settings.max_attempts,
         ray_head_port=settings.ray_port,

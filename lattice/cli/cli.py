@@ -15,7 +15,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lattice.config.settings import DEFAULT_PORT, DEFAULT_RAY_PORT, ServerSettings
+from lattice.config.settings import (
+    DEFAULT_MAX_RUN_AGE,
+    DEFAULT_PORT,
+    DEFAULT_RAY_PORT,
+    ServerSettings,
+)
 from lattice.core.store.factory import default_store_spec
 from lattice.exceptions import LatticeError, LatticeUsageError
 from lattice.executor.ray.ports import NodePorts
@@ -48,6 +53,7 @@ def _head_settings(args: argparse.Namespace) -> ServerSettings:
         token=args.token or os.environ.get("LATTICE_TOKEN") or None,
         cors_origins=tuple(args.cors_origin or ()),
         max_finished_runs=args.max_finished_runs,
+        max_run_age=args.max_run_age,
         max_attempts=args.max_attempts,
         store=args.store or default_store_spec(data_dir(args)),
         sandbox=sandbox,
@@ -160,6 +166,13 @@ def _add_head_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=1000,
         help="finished runs kept for reading (default 1000)",
+    )
+    g.add_argument(
+        "--max-run-age",
+        type=float,
+        default=DEFAULT_MAX_RUN_AGE,
+        metavar="SECONDS",
+        help=f"finished runs older than this are retired (default {DEFAULT_MAX_RUN_AGE:.0f}, a week)",
     )
     g.add_argument(
         "--data-dir",

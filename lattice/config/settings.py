@@ -14,6 +14,8 @@ DEFAULT_PORT = 8000
 DEFAULT_RAY_PORT = 6379
 #: request bodies larger than this are refused with 413 (code and inputs travel inline)
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+#: seconds a finished run is kept at most (a week)
+DEFAULT_MAX_RUN_AGE = 7 * 24 * 3600.0
 
 
 def is_loopback(host: str) -> bool:
@@ -44,6 +46,8 @@ class ServerSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     #: finished runs kept for reading results; the oldest beyond this are retired
     max_finished_runs: int = 1000
+    #: finished runs older than this many seconds are retired too (None: kept by count only)
+    max_run_age: float | None = DEFAULT_MAX_RUN_AGE
     #: dispatches of a task whose node died, before its run fails
     max_attempts: int = 3
     #: where workflows and runs are kept: "memory" or "sqlite:///PATH" (``lattice start``
@@ -66,6 +70,8 @@ class ServerSettings:
         if self.max_attempts < 1:
             raise LatticeUsageError("max_attempts must be >= 1")
         check_store_spec(self.store)
+        if self.max_run_age is not None and not self.max_run_age > 0:
+            raise LatticeUsageError(f"max_run_age must be > 0 seconds, got {self.max_run_age}")
         if self.ray_node_ports is not None and (self.executor != "ray" or self.ray_port is None):
             raise LatticeUsageError(
                 "ray_node_ports (--ray-node-ports) applies to the Ray head this server starts "

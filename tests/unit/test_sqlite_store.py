@@ -4,6 +4,7 @@ grouped commits and the schema's version."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 from pathlib import Path
@@ -13,13 +14,14 @@ import pytest
 
 from lattice import ReconnectPolicy, current_attempt
 from lattice.core.run.events import RunFinished, RunStatus, TaskFinished, TaskStarted
+from lattice.core.run.log import InMemoryEventStore
 from lattice.core.store.factory import default_store_spec, open_store
 from lattice.core.store.records import (
     StoredDefinitionError,
     definition_record,
     rebuild_workflow,
 )
-from lattice.core.store.schema import SCHEMA_VERSION
+from lattice.core.store.schema import MIGRATIONS, SCHEMA_VERSION
 from lattice.core.store.sqlite import SQLiteEventStore
 from lattice.core.workflow.base import CodeTask, CodeTaskConfig, Workflow
 from lattice.exceptions import LatticeInputError, LatticeUsageError, RunNotFoundError, StoreError
@@ -256,3 +258,63 @@ def test_reconnect_delays_double_up_to_their_ceiling() -> None:
 def test_current_attempt_outside_a_task_says_what_it_is_for() -> None:
     with pytest.raises(LatticeUsageError, match="running \\(unbatched\\) task"):
         current_attempt()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def finish(store: InMemoryEventStore, run_id: str) -> None:
+    wf = two_task_workflow()
+    log = store.create(run_id, "wf", tasks_of(wf), definition_record(wf))
+    log.append(RunFinished(run_id, "wf", RunStatus.CANCELLED, (("pending", 2),)))
+    store.finished(run_id)
+
+
+def test_finished_runs_older_than_the_age_limit_are_retired_as_runs_finish() -> None:
+    clock = Clock()
+    store = InMemoryEventStore(max_finished=100, max_age=10, clock=clock)
+    finish(store, "r1")
+    clock.now += 5
+    finish(store, "r2")
+    clock.now += 7  # r1 is 12 s old, r2 7 s
+    finish(store, "r3")
+    assert store.run_ids() == ["r2", "r3"]
+
+
+def test_a_reopened_store_retires_what_grew_too_old_while_no_head_ran(tmp_path: Path) -> None:
+    path = tmp_path / "lattice.db"
+    store = SQLiteEventStore(path, max_age=3600)
+    finish(store, "old")
+    store.close()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE runs SET finished_at = finished_at - 7200")
+    conn.close()
+    again = SQLiteEventStore(path, max_age=3600)
+    assert again.run_ids() == []
+    again.close()
+    third = SQLiteEventStore(path)
+    assert third.run_ids() == []  # deleted from the file, not only forgotten
+    third.close()
+
+
+def test_a_store_of_schema_version_1_is_migrated_and_keeps_its_runs(tmp_path: Path) -> None:
+    path = tmp_path / "lattice.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(f"BEGIN; {MIGRATIONS[0]} PRAGMA user_version = 1; COMMIT;")
+    body = json.dumps(definition_record(two_task_workflow()).body)
+    conn.execute("INSERT INTO runs VALUES ('r1', 'wf', ?, 0.0, 'cancelled', 1)", (body,))
+    conn.close()
+    store = SQLiteEventStore(path, max_age=3600)
+    try:
+        assert store.run_ids() == ["r1"]  # its age counts from now
+    finally:
+        store.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (2,)
+    conn.close()

@@ -12,6 +12,7 @@ persistent store can replace the in-memory one.
 from __future__ import annotations
 
 import asyncio
+import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -231,13 +232,23 @@ class InMemoryEventStore(EventStore):
     workflow definition, until the process ends.
 
     Retention: when a run finishes beyond that number, the oldest finished run is retired;
-    clients read results before then (or raise the limit). Running runs are never retired.
+    so is every finished run that finished more than ``max_age`` seconds ago (checked as
+    runs finish). Clients read results before then (or raise the limits). Running runs are
+    never retired. ``clock``: seconds since the epoch (tests give their own).
     """
 
-    def __init__(self, max_finished: int = 1000) -> None:
+    def __init__(
+        self,
+        max_finished: int = 1000,
+        max_age: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._logs: dict[str, RunLog] = {}
-        self._finished: OrderedDict[str, None] = OrderedDict()
+        #: finished run -> when it finished, oldest first
+        self._finished: OrderedDict[str, float] = OrderedDict()
         self._max_finished = max_finished
+        self._max_age = max_age
+        self._clock = clock
         self._workflows: dict[str, DefinitionRecord] = {}
 
     def create(
@@ -257,9 +268,21 @@ class InMemoryEventStore(EventStore):
             raise RunNotFoundError(run_id) from None
 
     def finished(self, run_id: str) -> None:
-        self._finished[run_id] = None
+        self._finished[run_id] = self._clock()
+        self._sweep()
+
+    def _sweep(self) -> None:
         while len(self._finished) > self._max_finished:
             oldest, _ = self._finished.popitem(last=False)
+            self._drop(oldest)
+        if self._max_age is None:
+            return
+        cutoff = self._clock() - self._max_age
+        while self._finished:
+            oldest, at = next(iter(self._finished.items()))
+            if at >= cutoff:
+                break
+            del self._finished[oldest]
             self._drop(oldest)
 
     def retire(self, run_id: str) -> None:

@@ -26,12 +26,13 @@ def check_store_spec(spec: str) -> None:
         )
 
 
-def open_store(spec: str, max_finished: int = 1000) -> EventStore:
+def open_store(spec: str, max_finished: int = 1000, max_age: float | None = None) -> EventStore:
     """The store ``spec`` names, opened (and read back, for SQLite). Raises
     LatticeUsageError for a bad spec and StoreError for a store that cannot be opened."""
     check_store_spec(spec)
     if spec == "memory":
-        return InMemoryEventStore(max_finished)
+        return InMemoryEventStore(max_finished, max_age)
     from lattice.core.store.sqlite import SQLiteEventStore
 
-    return SQLiteEventStore(Path(spec[len(SQLITE_PREFIX) :]).expanduser(), max_finished)
+    path = Path(spec[len(SQLITE_PREFIX) :]).expanduser()
+    return SQLiteEventStore(path, max_finished, max_age)

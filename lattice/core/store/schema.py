@@ -44,6 +44,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (run_id, seq)
     ) WITHOUT ROWID;
     """,
+    # 1 -> 2: when a run finished, for retention by age (runs finished before stay NULL: their
+    # age counts from the first time a store of version 2 reads them)
+    """
+    ALTER TABLE runs ADD COLUMN finished_at REAL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

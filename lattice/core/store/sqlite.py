@@ -28,10 +28,12 @@ from lattice.exceptions import StoreError
 
 
 class SQLiteEventStore(InMemoryEventStore):
-    def __init__(self, path: str | Path, max_finished: int = 1000) -> None:
+    def __init__(
+        self, path: str | Path, max_finished: int = 1000, max_age: float | None = None
+    ) -> None:
         """Open (or create) the database at ``path`` and read it back. Raises StoreError if it
         cannot be opened, is not a Lattice store, or has a newer schema."""
-        super().__init__(max_finished)
+        super().__init__(max_finished, max_age)
         self.path = Path(path)
         self._unfinished: list[StoredRun] = []
         self._digests: set[str] = set()
@@ -50,6 +52,7 @@ class SQLiteEventStore(InMemoryEventStore):
             raise StoreError(f"cannot open the store {self.path}: {exc}") from exc
         conn.isolation_level = "DEFERRED"
         self._writer = BatchWriter(conn)
+        self._sweep()  # what retention dropped while no head ran
 
     # --- reading back -----------------------------------------------------------------------
 
@@ -68,17 +71,18 @@ class SQLiteEventStore(InMemoryEventStore):
         ):
             events.setdefault(run_id, []).append(event_from_record(json.loads(record)))
         rows = conn.execute(
-            "SELECT run_id, workflow_id, definition, status, finished_order FROM runs "
-            "ORDER BY finished_order IS NOT NULL, finished_order, accepted_at"
+            "SELECT run_id, workflow_id, definition, status, finished_order, finished_at "
+            "FROM runs ORDER BY finished_order IS NOT NULL, finished_order, accepted_at"
         )
-        for run_id, workflow_id, body, status, order in rows:
+        now = self._clock()
+        for run_id, workflow_id, body, status, order, finished_at in rows:
             definition = _definition(workflow_id, body, code)
             stored = StoredRun(run_id, workflow_id, definition, tuple(events.get(run_id, ())))
             log = self._new_log(run_id, workflow_id, definition)
             log.load(stored.events)
             self._logs[run_id] = log
             if status is not None:
-                self._finished[run_id] = None
+                self._finished[run_id] = now if finished_at is None else finished_at
                 self._finish_order = max(self._finish_order, order)
             else:
                 self._unfinished.append(stored)
@@ -127,16 +131,18 @@ class SQLiteEventStore(InMemoryEventStore):
     def _append(self, run_id: str, logged: LoggedEvent) -> None:
         event = logged.event
         row = (run_id, logged.seq, event.kind, json.dumps(event.to_record()))
-        finish: tuple[str, int, str] | None = None
+        finish: tuple[str, int, float, str] | None = None
         if isinstance(event, RunFinished):
             self._finish_order += 1
-            finish = (event.status.value, self._finish_order, run_id)
+            finish = (event.status.value, self._finish_order, self._clock(), run_id)
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT INTO events VALUES (?, ?, ?, ?)", row)
             if finish is not None:
                 conn.execute(
-                    "UPDATE runs SET status = ?, finished_order = ? WHERE run_id = ?", finish
+                    "UPDATE runs SET status = ?, finished_order = ?, finished_at = ? "
+                    "WHERE run_id = ?",
+                    finish,
                 )
 
         log = self._logs.get(run_id)
