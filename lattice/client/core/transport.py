@@ -145,8 +145,9 @@ class Transport:
                 # reference, see results.py).
                 compression=None,
             )
-        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-            raise LatticeConnectionError(f"cannot open WebSocket {url}: {exc}") from exc
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError, ConnectionClosed) as exc:
+            # ConnectionClosed: the head went away during the handshake.
+            raise LatticeConnectionError(f"cannot open WebSocket {url}: {exc!r}") from exc
         with ws:
             while True:
                 try:
