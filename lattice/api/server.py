@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -51,6 +52,7 @@ def build_orchestrator(
             ray_node_ports=settings.ray_node_ports,
             num_cpus=settings.num_cpus,
             sandbox=SandboxRunner(settings.sandbox),
+            state_dir=Path(settings.data_dir) if settings.data_dir else None,
         )
     local = None
     if settings.executor == "local" and settings.num_cpus is not None:

@@ -56,6 +56,7 @@ def _head_settings(args: argparse.Namespace) -> ServerSettings:
         max_run_age=args.max_run_age,
         max_attempts=args.max_attempts,
         store=args.store or default_store_spec(data_dir(args)),
+        data_dir=str(data_dir(args)),
         sandbox=sandbox,
         metrics_enabled=not args.no_metrics,
         metrics_exporter=args.metrics_exporter,

@@ -53,6 +53,9 @@ class ServerSettings:
     #: where workflows and runs are kept: "memory" or "sqlite:///PATH" (``lattice start``
     #: defaults to SQLite in its data directory; see core.store.factory)
     store: str = "memory"
+    #: the head's data directory (``lattice start`` sets it): its store by default, and the
+    #: record of the Ray head it starts; None: no record is kept
+    data_dir: str | None = None
     sandbox: SandboxSpec = field(default_factory=SandboxSpec)
     metrics_enabled: bool = True
     metrics_exporter: str = "prometheus"

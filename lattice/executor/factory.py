@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 
 from lattice.exceptions import LatticeInputError, LatticeUsageError
 from lattice.executor.base import ExecutorBackend
@@ -24,13 +25,16 @@ def create_executor(
     ray_node_ports: NodePorts | None = None,
     num_cpus: float | None = None,
     sandbox: SandboxRunner | None = None,
+    state_dir: Path | None = None,
 ) -> ExecutorBackend:
     """Return an executor of ``executor_type``, not yet initialized.
 
     ``ray_address`` joins an existing Ray cluster; ``ray_port`` starts a Ray head other nodes
     can join (its Ray node listening on ``ray_node_ports``, if given); neither starts a
     private local Ray. ``num_cpus`` sizes the Ray node this process starts (the local
-    executor's concurrency is bounded by the ResourceManager instead).
+    executor's concurrency is bounded by the ResourceManager instead). ``state_dir``: the
+    head's data directory, where a Ray head it starts is recorded (leftovers of a killed head
+    are stopped by the next one).
 
     Raises:
         LatticeInputError: unknown ``executor_type``.
@@ -62,4 +66,5 @@ def create_executor(
         ray_port=ray_port,
         sandbox=sandbox,
         node_ports=ray_node_ports,
+        state_dir=state_dir,
     )

@@ -6,6 +6,7 @@ wait at a :class:`Listener` where the test wants the head killed.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -538,3 +539,24 @@ def test_deleting_a_workflow_forgets_it_and_its_runs_also_across_a_restart(
         assert httpx.get(f"{head.url}/runs/{run_id}").status_code == 404
     finally:
         head.stop()
+
+
+def test_a_ray_head_stops_the_ray_node_a_killed_head_left_on_its_data_directory(
+    tmp_path: Path,
+) -> None:
+    import psutil
+
+    data = tmp_path / "data"
+    head = start_ray_head(data, free_port())
+    record = data / "ray-head.json"
+    leftover = int(json.loads(record.read_text())["pid"])
+    head.stop(signal.SIGKILL)  # the head only: its Ray node runs in a session of its own
+    assert psutil.pid_exists(leftover)
+    head = start_ray_head(data, free_port())
+    try:
+        assert f"stopped the Ray head (pid {leftover})" in head.output
+        assert not psutil.pid_exists(leftover)
+        assert int(json.loads(record.read_text())["pid"]) != leftover
+    finally:
+        head.stop(timeout=90)
+    assert not record.exists()
