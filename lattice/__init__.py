@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 from lattice.client.core.client import LatticeClient
 from lattice.client.core.decorator import task
 from lattice.client.core.models import LatticeTask, TaskOutput
+from lattice.client.core.transport import ReconnectPolicy
 from lattice.client.core.workflow import LatticeWorkflow
 from lattice.client.langgraph.client import LangGraphClient
 from lattice.exceptions import (
@@ -31,6 +32,7 @@ from lattice.exceptions import (
     TaskSkippedError,
     WorkflowNotFoundError,
 )
+from lattice.vocabulary import TaskAttempt, current_attempt
 
 __all__ = [
     "CycleError",
@@ -49,8 +51,10 @@ __all__ = [
     "LatticeWorkflow",
     "LatticeWorldError",
     "NotFoundError",
+    "ReconnectPolicy",
     "RunCancelledError",
     "RunNotFoundError",
+    "TaskAttempt",
     "TaskErrorInfo",
     "TaskFailedError",
     "TaskNotFoundError",
@@ -58,5 +62,6 @@ __all__ = [
     "TaskSkippedError",
     "WorkflowNotFoundError",
     "__version__",
+    "current_attempt",
     "task",
 ]

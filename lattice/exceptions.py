@@ -113,6 +113,11 @@ class LatticeTimeoutError(LatticeWorldError, TimeoutError):
     """A wait ran past its timeout."""
 
 
+class StoreError(LatticeWorldError):
+    """The head's store cannot be read or written (a damaged file, a full disk, a schema from a
+    newer Lattice)."""
+
+
 class LatticeServerError(LatticeWorldError):
     """The server answered with an error status."""
 

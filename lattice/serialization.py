@@ -123,6 +123,29 @@ class SealedValue:
         return f"<SealedValue: {len(self.data)} pickled bytes from a sandboxed task>"
 
 
+class WireValue:
+    """An earlier task's output read back from the head's store, still in wire form
+    (:func:`encode_value`): it is decoded where the task that reads it runs, never in the head.
+    ``key``: the output to take from the decoded value (when the whole outputs dict travelled
+    as one pickled leaf)."""
+
+    __slots__ = ("key", "value")
+
+    def __init__(self, value: Any, key: str | None = None) -> None:
+        self.value = value
+        self.key = key
+
+    def decode(self) -> Any:
+        decoded = decode_value(self.value)
+        return decoded if self.key is None else decoded[self.key]
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, str | None]]:
+        return (WireValue, (self.value, self.key))
+
+    def __repr__(self) -> str:
+        return f"<WireValue of a stored output{'' if self.key is None else ' ' + self.key}>"
+
+
 def _is_json_native(value: Any) -> bool:
     # Exact types only: a subclass of str or dict (an Enum, an OrderedDict, a LangChain object)
     # would lose its type in JSON.

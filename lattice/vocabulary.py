@@ -7,6 +7,7 @@ and the executors all speak it; it imports nothing of Lattice but the exception 
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import math
 import sys
@@ -14,7 +15,7 @@ from dataclasses import dataclass, fields, replace
 from enum import Enum, IntEnum
 from typing import Any
 
-from lattice.exceptions import InvalidResourceError, LatticeInputError
+from lattice.exceptions import InvalidResourceError, LatticeInputError, LatticeUsageError
 
 # --- resources ------------------------------------------------------------------------------
 
@@ -366,3 +367,41 @@ class ErrorKind(str, Enum):
     #: the scheduler failed while deciding about the task (a bug in Lattice: reported, never
     #: left hanging)
     SCHEDULER = "SchedulerError"
+    #: a run resumed after a restart whose stored definition or code cannot be loaded
+    CODE_UNAVAILABLE = "CodeUnavailableError"
+
+
+# --- the attempt a task's code runs as ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskAttempt:
+    """Which task of which run this is, and its attempt (1, then 2, ... after its node was
+    lost or its head restarted). ``idempotency_key`` is the same for every attempt of one task
+    of one run: a side effect keyed by it (a payment id, an upsert) happens once however often
+    the task runs."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.run_id}/{self.task_id}"
+
+
+#: set where a task runs, for the length of its call (see current_attempt)
+_CURRENT_ATTEMPT: contextvars.ContextVar[TaskAttempt | None] = contextvars.ContextVar(
+    "lattice_current_attempt", default=None
+)
+
+
+def current_attempt() -> TaskAttempt:
+    """The attempt the calling task code runs as. Raises LatticeUsageError outside a task's
+    call, and in a batch task (it runs several tasks at once: see docs/durability.md)."""
+    attempt = _CURRENT_ATTEMPT.get()
+    if attempt is None:
+        raise LatticeUsageError(
+            "current_attempt() is for the code of a running (unbatched) task or LangGraph node"
+        )
+    return attempt

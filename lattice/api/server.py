@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -25,7 +26,8 @@ from lattice.config.settings import ServerSettings, is_loopback
 from lattice.core.observer import EngineObserver
 from lattice.core.orchestrator.orchestrator import Orchestrator
 from lattice.core.resource.node import NodeResources
-from lattice.core.run.log import EventStore, InMemoryEventStore
+from lattice.core.run.log import EventStore
+from lattice.core.store.factory import open_store
 from lattice.executor.base import ExecutorBackend
 from lattice.executor.factory import create_executor
 from lattice.executor.sandbox.runner import SandboxRunner
@@ -53,6 +55,7 @@ def build_orchestrator(
             num_cpus=settings.num_cpus,
             sandbox=SandboxRunner(settings.sandbox),
             join_grace=settings.join_grace if settings.executor == "ray" else None,
+            state_dir=Path(settings.data_dir) if settings.data_dir else None,
         )
     local = None
     if settings.executor == "local" and settings.num_cpus is not None:
@@ -62,7 +65,7 @@ def build_orchestrator(
     orchestrator = Orchestrator(
         executor,
         observer=observer,
-        store=store or InMemoryEventStore(settings.max_finished_runs),
+        store=store or open_store(settings.store, settings.max_finished_runs, settings.max_run_age),
         local_resources=local,
         max_attempts=settings.max_attempts,
         priority_aging=settings.priority_aging or None,
@@ -127,6 +130,8 @@ def create_app(
         finally:
             # Aborting open runs closes their logs, which ends every open WebSocket stream.
             orchestrator.cleanup(shutdown_executor=executor is None)
+            if store is None:  # the store the settings named is the app's to close
+                orchestrator.store.close()
             metrics.shutdown()
             stack.close()
 

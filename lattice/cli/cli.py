@@ -6,21 +6,26 @@ The CLI turns flags and environment into settings values; nothing else reads eit
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from lattice.config.settings import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_RUN_AGE,
     DEFAULT_MAX_WORKFLOW_CODE_BYTES,
     DEFAULT_PORT,
     DEFAULT_RAY_PORT,
     ServerSettings,
 )
-from lattice.exceptions import LatticeError
+from lattice.core.store.factory import default_store_spec
+from lattice.exceptions import LatticeError, LatticeUsageError
 from lattice.executor.ray.ports import NodePorts
 from lattice.vocabulary import MB, SandboxLevel, SandboxSpec
 
@@ -29,6 +34,8 @@ log = logging.getLogger("lattice")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: seconds (Python's default is 0.005); see run_head
 HEAD_SWITCH_INTERVAL = 0.0005
+DATA_DIR_ENV = "LATTICE_DATA_DIR"
+DEFAULT_DATA_DIR = "~/.lattice"
 
 
 def _head_settings(args: argparse.Namespace) -> ServerSettings:
@@ -53,14 +60,37 @@ def _head_settings(args: argparse.Namespace) -> ServerSettings:
         body_timeout=args.body_timeout,
         idle_timeout=args.idle_timeout,
         max_finished_runs=args.max_finished_runs,
+        max_run_age=args.max_run_age,
         max_attempts=args.max_attempts,
         priority_aging=args.priority_aging,
         join_grace=args.join_grace,
+        store=args.store or default_store_spec(data_dir(args)),
+        data_dir=str(data_dir(args)),
         sandbox=sandbox,
         metrics_enabled=not args.no_metrics,
         metrics_exporter=args.metrics_exporter,
         metrics_endpoint=args.metrics_endpoint,
     )
+
+
+def data_dir(args: argparse.Namespace) -> Path:
+    """``--data-dir``, else ``$LATTICE_DATA_DIR``, else ``~/.lattice``."""
+    chosen = args.data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    return Path(chosen).expanduser().absolute()
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise LatticeUsageError naming the port and the flag if ``port`` is taken: one line
+    instead of a traceback after the head has opened its store and started its executor."""
+    try:
+        probe = socket.create_server((host, port))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise LatticeUsageError(
+            f"port {port} on {host} is in use (another head?); choose another with --port"
+        ) from None
+    probe.close()
 
 
 def run_head(settings: ServerSettings) -> int:
@@ -70,7 +100,11 @@ def run_head(settings: ServerSettings) -> int:
     from lattice.api.connection import server_options
     from lattice.api.server import create_app
 
+    check_port_free(settings.host, settings.port)
     app = create_app(settings)
+    log.info(
+        "Lattice head: store %s (--store, --data-dir or %s move it)", settings.store, DATA_DIR_ENV
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -168,6 +202,23 @@ def _add_head_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=1000,
         help="finished runs kept for reading (default 1000)",
+    )
+    g.add_argument(
+        "--max-run-age",
+        type=float,
+        default=DEFAULT_MAX_RUN_AGE,
+        metavar="SECONDS",
+        help=f"finished runs older than this are retired (default {DEFAULT_MAX_RUN_AGE:.0f}, a week)",
+    )
+    g.add_argument(
+        "--data-dir",
+        help=f"where the head keeps its store (default ${DATA_DIR_ENV}, else {DEFAULT_DATA_DIR})",
+    )
+    g.add_argument(
+        "--store",
+        metavar="memory|sqlite:///PATH",
+        help="where workflows and runs are kept (default: SQLite in the data directory; "
+        "memory: nothing survives a restart)",
     )
     g.add_argument(
         "--max-attempts",

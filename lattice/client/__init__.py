@@ -1,6 +1,7 @@
 from lattice.client.core.client import LatticeClient
 from lattice.client.core.decorator import task
 from lattice.client.core.models import LatticeTask, TaskOutput
+from lattice.client.core.transport import ReconnectPolicy
 from lattice.client.core.workflow import LatticeWorkflow
 from lattice.client.langgraph.client import LangGraphClient
 
@@ -9,6 +10,7 @@ __all__ = [
     "LatticeClient",
     "LatticeTask",
     "LatticeWorkflow",
+    "ReconnectPolicy",
     "TaskOutput",
     "task",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from lattice.core.store.factory import check_store_spec
 from lattice.exceptions import LatticeUsageError
 from lattice.executor.ray.ports import NodePorts
 from lattice.vocabulary import SandboxSpec
@@ -23,6 +24,8 @@ DEFAULT_IDLE_TIMEOUT = 5.0
 MIN_TOKEN_LENGTH = 16
 #: how to make a good token, for the message that refuses a short one
 MAKE_TOKEN_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+#: seconds a finished run is kept at most (a week)
+DEFAULT_MAX_RUN_AGE = 7 * 24 * 3600.0
 
 
 def is_loopback(host: str) -> bool:
@@ -58,6 +61,8 @@ class ServerSettings:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     #: finished runs kept for reading results; the oldest beyond this are retired
     max_finished_runs: int = 1000
+    #: finished runs older than this many seconds are retired too (None: kept by count only)
+    max_run_age: float | None = DEFAULT_MAX_RUN_AGE
     #: dispatches of a task whose node died, before its run fails
     max_attempts: int = 3
     #: seconds a queued task waits per priority level it gains (0: no aging)
@@ -65,6 +70,12 @@ class ServerSettings:
     #: seconds a node Ray reports may stay unregistered before it counts with Ray's figures
     #: (tasks only it might hold wait meanwhile; docs/distributed.md, Joining nodes)
     join_grace: float = 30.0
+    #: where workflows and runs are kept: "memory" or "sqlite:///PATH" (``lattice start``
+    #: defaults to SQLite in its data directory; see core.store.factory)
+    store: str = "memory"
+    #: the head's data directory (``lattice start`` sets it): its store by default, and the
+    #: record of the Ray head it starts; None: no record is kept
+    data_dir: str | None = None
     sandbox: SandboxSpec = field(default_factory=SandboxSpec)
     metrics_enabled: bool = True
     metrics_exporter: str = "prometheus"
@@ -107,6 +118,9 @@ class ServerSettings:
             )
         if self.join_grace < 0:
             raise LatticeUsageError("join_grace must be >= 0 seconds")
+        check_store_spec(self.store)
+        if self.max_run_age is not None and not self.max_run_age > 0:
+            raise LatticeUsageError(f"max_run_age must be > 0 seconds, got {self.max_run_age}")
         if self.ray_node_ports is not None and (self.executor != "ray" or self.ray_port is None):
             raise LatticeUsageError(
                 "ray_node_ports (--ray-node-ports) applies to the Ray head this server starts "

@@ -17,7 +17,7 @@ from typing import Any
 
 from lattice.core.resource.node import SelectedNode
 from lattice.exceptions import TaskErrorInfo
-from lattice.vocabulary import SandboxSpec, TaskResourceRequirements, code_digest
+from lattice.vocabulary import SandboxSpec, TaskAttempt, TaskResourceRequirements, code_digest
 
 
 class TaskKind(str, Enum):
@@ -52,6 +52,8 @@ class TaskSubmission:
     kwargs: bytes = b""
     sandbox: SandboxSpec | None = None
     code_id: str = field(default="")
+    #: the task and attempt its code runs as (vocabulary.current_attempt); None for a batch
+    attempt: TaskAttempt | None = None
 
     def __post_init__(self) -> None:
         if not self.code_id:

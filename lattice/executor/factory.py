@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 
 from lattice.core.resource.manager import DEFAULT_JOIN_GRACE
 from lattice.exceptions import LatticeInputError, LatticeUsageError
@@ -26,13 +27,16 @@ def create_executor(
     num_cpus: float | None = None,
     sandbox: SandboxRunner | None = None,
     join_grace: float | None = None,
+    state_dir: Path | None = None,
 ) -> ExecutorBackend:
     """Return an executor of ``executor_type``, not yet initialized.
 
     ``ray_address`` joins an existing Ray cluster; ``ray_port`` starts a Ray head other nodes
     can join (its Ray node listening on ``ray_node_ports``, if given); neither starts a
-    private local Ray. ``join_grace``: see RayExecutor. ``num_cpus`` sizes the Ray node this process starts (the local
-    executor's concurrency is bounded by the ResourceManager instead).
+    private local Ray. ``join_grace``: see RayExecutor. ``num_cpus`` sizes the Ray node this
+    process starts (the local executor's concurrency is bounded by the ResourceManager
+    instead). ``state_dir``: the head's data directory, where a Ray head it starts is
+    recorded (leftovers of a killed head are stopped by the next one).
 
     Raises:
         LatticeInputError: unknown ``executor_type``.
@@ -65,4 +69,5 @@ def create_executor(
         sandbox=sandbox,
         node_ports=ray_node_ports,
         join_grace=DEFAULT_JOIN_GRACE if join_grace is None else join_grace,
+        state_dir=state_dir,
     )

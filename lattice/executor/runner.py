@@ -20,7 +20,8 @@ import cloudpickle
 
 from lattice.exceptions import TaskErrorInfo
 from lattice.executor.base import TaskKind, TaskOutcome, TaskSubmission
-from lattice.serialization import LargeValue, decode_value, dumps_b64, loads_b64
+from lattice.serialization import LargeValue, WireValue, decode_value, dumps_b64, loads_b64
+from lattice.vocabulary import _CURRENT_ATTEMPT
 
 _MAX_PICKLED_ERROR = 256 * 1024
 
@@ -107,14 +108,21 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
+def _upstream_value(value: Any) -> Any:
+    if isinstance(value, LargeValue):
+        return value.load()
+    if isinstance(value, WireValue):
+        return value.decode()
+    return value
+
+
 def merge_inputs(user: dict[str, Any] | None, upstream: dict[str, Any] | None) -> dict[str, Any]:
     params = decode_value(user) if user else {}
     if upstream:
         # An earlier task's large output is kept as a LargeValue (see large_values): the task
         # gets the value.
-        params.update(
-            {k: v.load() if isinstance(v, LargeValue) else v for k, v in upstream.items()}
-        )
+        # An output read back from the head's store after a restart is decoded here.
+        params.update({k: _upstream_value(v) for k, v in upstream.items()})
     return params
 
 
@@ -162,6 +170,7 @@ def execute(
     them the partial module). Held for the decoding only, never while the task runs.
     """
     start = time.perf_counter()
+    token = _CURRENT_ATTEMPT.set(sub.attempt)
     try:
         with _gpu_env(sub.node.gpu_ids, set_gpu_env):
             with decoding if decoding is not None else nullcontext():
@@ -171,4 +180,6 @@ def execute(
         return TaskOutcome(
             error=error_info(exc, skip_frames=3), duration=time.perf_counter() - start
         )
+    finally:
+        _CURRENT_ATTEMPT.reset(token)
     return TaskOutcome(value=value, duration=time.perf_counter() - start)

@@ -12,10 +12,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
@@ -144,13 +146,24 @@ class HeadProcess:
         env: dict[str, str] | None = None,
         host: str = "127.0.0.1",
         wrap: Sequence[str] = (),
+        data_dir: str | Path | None = None,
     ) -> None:
-        #: ``wrap``: a command the CLI runs under, e.g. ``ip netns exec NAME``
+        """``wrap``: a command the CLI runs under, e.g. ``ip netns exec NAME``. ``data_dir``:
+        the head's data directory (its store); by default a fresh one of its own, removed
+        when it stops. A head started again on the same ``data_dir`` resumes what the first
+        one left."""
         self.args = [*wrap, sys.executable, "-m", "lattice.cli.cli", *cli_args]
         #: the API port given in ``cli_args`` and the address it is reached at, for :attr:`url`
         self.port = port
         self.host = host
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self._own_dir = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="lattice-head-"))
+        self.env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "LATTICE_DATA_DIR": str(self.data_dir),
+            **(env or {}),
+        }
         self.lines: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self._ready = threading.Event()
@@ -242,6 +255,13 @@ class HeadProcess:
         proc = self.proc
         if proc is None:
             return None
+        try:
+            return self._stop(proc, sig, timeout)
+        finally:
+            if self._own_dir:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def _stop(self, proc: subprocess.Popen[str], sig: int, timeout: float) -> int | None:
         if proc.poll() is None:
             proc.send_signal(sig)
             try:
@@ -261,11 +281,16 @@ class HeadProcess:
         self.stop()
 
 
-def start_local_head(*extra: str) -> HeadProcess:
-    """``lattice start --head --executor local`` on a free port, serving when returned."""
-    port = free_port()
+def start_local_head(
+    *extra: str, data_dir: str | Path | None = None, port: int | None = None
+) -> HeadProcess:
+    """``lattice start --head --executor local`` on a free port (or ``port``), serving when
+    returned; ``data_dir`` as for HeadProcess."""
+    port = port or free_port()
     head = HeadProcess(
-        ["start", "--head", "--executor", "local", "--port", str(port), *extra], port=port
+        ["start", "--head", "--executor", "local", "--port", str(port), *extra],
+        port=port,
+        data_dir=data_dir,
     )
     return head.start(timeout=60)
 

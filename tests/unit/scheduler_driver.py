@@ -118,9 +118,15 @@ class Driver:
 
     # --- what the orchestrator and the executor say -----------------------------------------
 
-    def run(self, run_id: str, tasks: list[CodeTaskRuntime], after: dict[str, set[str]]) -> None:
+    def run(
+        self,
+        run_id: str,
+        tasks: list[CodeTaskRuntime],
+        after: dict[str, set[str]],
+        history: tuple[RunEvent, ...] = (),
+    ) -> None:
         entries = tuple(RunTaskData(t, frozenset(after.get(t.task_id, ()))) for t in tasks)
-        self.send(MessageType.RUN_TASKS, RunTasksData(entries, run_id, "wf"))
+        self.send(MessageType.RUN_TASKS, RunTasksData(entries, run_id, "wf", history))
 
     def cancel(self, run_id: str) -> None:
         self.send(MessageType.STOP_WORKFLOW, RunControlData(run_id))

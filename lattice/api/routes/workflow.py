@@ -137,6 +137,13 @@ async def get_workflow_tasks(workflow_id: str, orch: Orch) -> GetTasksResponse:
     return GetTasksResponse(tasks=tasks)
 
 
+@router.delete("/workflows/{workflow_id}", response_model=StatusResponse)
+async def delete_workflow(workflow_id: str, orch: Orch) -> StatusResponse:
+    """Forget a workflow and its finished runs (memory and store); 409 while one runs."""
+    orch.delete_workflow(workflow_id)
+    return StatusResponse()
+
+
 @router.post("/run_workflow", response_model=RunWorkflowResponse)
 async def run_workflow(body: RunWorkflowRequest, orch: Orch) -> RunWorkflowResponse:
     return RunWorkflowResponse(run_id=orch.run_workflow(body.workflow_id, body.priority))
@@ -162,5 +169,10 @@ async def get_workflow_res(
         async for event in run_log.follow(from_seq):
             await websocket.send_json(event.to_message())
     except WebSocketDisconnect:
+        return
+    if not run_log.closed:
+        # The head is stopping with the run unfinished (it resumes after a restart): 1012
+        # (service restart) tells the client to come back, not that the run is over.
+        await websocket.close(code=1012, reason="the head is restarting; reconnect")
         return
     await websocket.close()

@@ -6,7 +6,7 @@ import os
 from types import TracebackType
 from typing import Any
 
-from lattice.client.core.transport import Transport
+from lattice.client.core.transport import ReconnectPolicy, Transport
 from lattice.client.core.workflow import LatticeWorkflow
 
 
@@ -15,6 +15,8 @@ class LatticeClient:
 
     ``token`` defaults to the ``LATTICE_TOKEN`` environment variable; ``timeout`` bounds every
     HTTP call (seconds). Connection problems raise LatticeConnectionError naming the URL.
+    ``reconnect``: how a run's stream is followed across a lost connection or a restart of
+    the head (see ReconnectPolicy); a run's stream ends only with its ``finish_workflow``.
     """
 
     def __init__(
@@ -23,10 +25,14 @@ class LatticeClient:
         *,
         timeout: float = 30.0,
         token: str | None = None,
+        reconnect: ReconnectPolicy | None = None,
     ) -> None:
         self.server_url = server_url
         self._transport = Transport(
-            server_url, timeout=timeout, token=token or os.environ.get("LATTICE_TOKEN")
+            server_url,
+            timeout=timeout,
+            token=token or os.environ.get("LATTICE_TOKEN"),
+            reconnect=reconnect,
         )
 
     def create_workflow(self) -> LatticeWorkflow:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,12 +22,41 @@ from lattice.exceptions import (
 )
 
 TOKEN_HEADER = "X-Lattice-Token"
+#: close codes that mean "the stream is over" (any other close, or none, is a broken stream)
+_NORMAL_CLOSES = (1000, 1001)
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """How a client follows a run's stream across a lost connection or a head restart: up to
+    ``attempts`` reconnections in a row (each from the last sequence number seen), waiting
+    ``first_delay`` seconds before the first and twice as long before each next one, at most
+    ``max_delay``. The defaults ride out a head restart of about half a minute."""
+
+    attempts: int = 12
+    first_delay: float = 0.2
+    max_delay: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 0 or self.first_delay < 0 or self.max_delay < 0:
+            raise LatticeInputError(f"reconnect settings must not be negative: {self}")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before reconnection ``attempt`` (1, 2, ...)."""
+        return float(min(self.max_delay, self.first_delay * 2 ** (attempt - 1)))
 
 
 class Transport:
     """One server: ``post``/``get`` JSON, ``stream`` a WebSocket. Thread-safe (httpx.Client)."""
 
-    def __init__(self, server_url: str, *, timeout: float = 30.0, token: str | None = None) -> None:
+    def __init__(
+        self,
+        server_url: str,
+        *,
+        timeout: float = 30.0,
+        token: str | None = None,
+        reconnect: ReconnectPolicy | None = None,
+    ) -> None:
         parts = urlsplit(server_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise LatticeInputError(
@@ -34,6 +64,7 @@ class Transport:
             )
         self.server_url = server_url.rstrip("/")
         self.timeout = timeout
+        self.reconnect = reconnect or ReconnectPolicy()
         self._headers = {TOKEN_HEADER: token} if token else {}
         self._http = httpx.Client(base_url=self.server_url, timeout=timeout, headers=self._headers)
 
@@ -93,10 +124,12 @@ class Transport:
         return payload
 
     def stream(self, path: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        """Yield the JSON messages of a WebSocket until the server closes it.
+        """Yield the JSON messages of a WebSocket until the server closes it normally.
 
         ``timeout`` bounds the wait for each message. A close with code 4404 raises
-        NotFoundError with the server's reason.
+        NotFoundError with the server's reason; a connection that breaks (no close frame, or
+        any code but 1000/1001, such as 1012 from a head that is stopping) raises
+        LatticeConnectionError: it is not the end of what was streamed.
         """
         parts = urlsplit(self.server_url)
         scheme = "wss" if parts.scheme == "https" else "ws"
@@ -112,8 +145,9 @@ class Transport:
                 # reference, see results.py).
                 compression=None,
             )
-        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-            raise LatticeConnectionError(f"cannot open WebSocket {url}: {exc}") from exc
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError, ConnectionClosed) as exc:
+            # ConnectionClosed: the head went away during the handshake.
+            raise LatticeConnectionError(f"cannot open WebSocket {url}: {exc!r}") from exc
         with ws:
             while True:
                 try:
@@ -127,11 +161,13 @@ class Transport:
                         raise NotFoundError(reason or f"{url}: not found") from None
                     if code == 4401:
                         raise LatticeUsageError(f"{url}: {reason}") from None
-                    if code in (1000, 1001, None):
+                    if code in _NORMAL_CLOSES:
                         return
                     raise LatticeConnectionError(
-                        f"WebSocket {url} closed: {code} {reason}"
+                        f"WebSocket {url} broke: {code or 'no close frame'} {reason}".rstrip()
                     ) from exc
+                except OSError as exc:
+                    raise LatticeConnectionError(f"WebSocket {url} broke: {exc}") from exc
                 yield json.loads(raw)
 
 

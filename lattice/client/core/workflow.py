@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,7 +13,9 @@ from lattice.client.core.models import LatticeTask, RunOutputs, TaskOutput
 from lattice.client.core.results import resolve_message, resolver
 from lattice.client.core.transport import Transport
 from lattice.exceptions import (
+    LatticeConnectionError,
     LatticeInputError,
+    LatticeTimeoutError,
     RunCancelledError,
     TaskErrorInfo,
     TaskFailedError,
@@ -223,9 +226,34 @@ class LatticeWorkflow:
     def _messages(
         self, run_id: str, timeout: float | None, from_seq: int = 0
     ) -> Iterator[dict[str, Any]]:
-        path = f"/get_workflow_res/{self.workflow_id}/{run_id}?from_seq={from_seq}"
-        for message in self._transport.stream(path, timeout=timeout):
-            yield decode_message(message)
+        """The run's messages from ``from_seq`` until its ``finish_workflow``, following the
+        stream across lost connections and head restarts: each reconnection asks for the
+        messages after the last one seen (the transport's ReconnectPolicy bounds how often).
+        Raises LatticeConnectionError naming the run and the URL if the head stays away."""
+        policy = self._transport.reconnect
+        next_seq, failures = from_seq, 0
+        while True:
+            path = f"/get_workflow_res/{self.workflow_id}/{run_id}?from_seq={next_seq}"
+            try:
+                for message in self._transport.stream(path, timeout=timeout):
+                    failures = 0
+                    next_seq = int(message.get("seq", next_seq)) + 1
+                    yield decode_message(message)
+                    if message.get("type") == "finish_workflow":
+                        return
+                broke = "the head closed the stream before the run finished"
+            except LatticeTimeoutError:
+                raise
+            except LatticeConnectionError as exc:
+                broke = str(exc)
+            failures += 1
+            if failures > policy.attempts:
+                raise LatticeConnectionError(
+                    f"lost run {run_id} at {self._transport.server_url}: the head did not come "
+                    f"back after {policy.attempts} reconnections from seq {next_seq} ({broke})"
+                )
+            # Backing off before asking again is the point here: the head is away.
+            time.sleep(policy.delay(failures))
 
     def get_results(
         self, run_id: str, verbose: bool = True, timeout: float | None = None
@@ -240,9 +268,11 @@ class LatticeWorkflow:
         return messages
 
     def get_outputs(self, run_id: str, timeout: float | None = None) -> RunOutputs:
-        """Each task's outputs once the run ends. Raises TaskFailedError (with the remote
-        traceback) for the first task that failed, RunCancelledError if it was cancelled.
-        A large output value is fetched when its task's outputs are first read."""
+        """Each task's outputs once the run ends: every one, or an error, never some.
+        Raises TaskFailedError (with the remote traceback) for the first task that failed,
+        RunCancelledError if it was cancelled, LatticeConnectionError if the head went away
+        and did not come back (see ReconnectPolicy). A large output value is fetched when
+        its task's outputs are first read."""
         outputs = RunOutputs(resolver(self._transport, run_id))
         failure: tuple[str, dict[str, Any]] | None = None
         final: dict[str, Any] = {}
@@ -256,6 +286,8 @@ class LatticeWorkflow:
                 final = data
         if failure is not None:
             raise_for_error(*failure)
+        if not final:
+            raise LatticeConnectionError(f"the stream of run {run_id} ended before the run did")
         if final.get("status") == "cancelled":
             raise RunCancelledError(
                 f"run {run_id} was cancelled: {final.get('reason', 'by request')}"

@@ -22,6 +22,7 @@ from lattice.core.run.events import (
     TaskStarted,
 )
 from lattice.core.run.log import RunLog
+from lattice.core.run.state import TaskStatus
 from lattice.core.runtime.task import CodeTaskRuntime
 from lattice.core.scheduler.message_bus import MessageBus
 from lattice.core.scheduler.messages import (
@@ -97,22 +98,32 @@ class RunContext(BaseContext):
     def submit_start_tasks(self) -> None:
         """Hand every task of the run to the scheduler: the ready ones to run now, the others
         with the tasks they wait for (the scheduler releases each one the moment its last
-        upstream task finishes; see scheduler.waiting)."""
+        upstream task finishes; see scheduler.waiting).
+
+        A run whose log already holds events (read back from the store after a restart)
+        resumes: the scheduler gets those events too and starts from their fold, and a task
+        waits only for upstream tasks without a recorded finish."""
         workflow = self.workflow
-        ready = {t.task_id for t in workflow.get_ready_tasks_after_completion(set())}
+        state = self.log.state
+        completed = {
+            tid for tid, task in state.tasks.items() if task.status is TaskStatus.COMPLETED
+        }
+        ready = {t.task_id for t in workflow.get_ready_tasks_after_completion(completed)}
         upstream: dict[str, set[str]] = {}
         for source, target in workflow.get_graph_edges():
             upstream.setdefault(target, set()).add(source)
         entries = []
         for task in workflow.tasks():
             assert isinstance(task, CodeTask)
-            after = frozenset() if task.task_id in ready else frozenset(upstream[task.task_id])
+            waits = upstream.get(task.task_id, set()) - completed
+            after = frozenset() if task.task_id in ready else frozenset(waits)
             runtime = code_task_runtime(self.run_id, task, self.priority)
             entries.append(RunTaskData(runtime, after))
+        history = tuple(e.event for e in self.log.events())
         self._bus.send_to_scheduler(
             Message(
                 MessageType.RUN_TASKS,
-                RunTasksData(tuple(entries), self.run_id, workflow.workflow_id),
+                RunTasksData(tuple(entries), self.run_id, workflow.workflow_id, history),
             )
         )
 

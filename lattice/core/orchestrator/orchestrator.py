@@ -21,7 +21,7 @@ from lattice.core.orchestrator.context import BaseContext, RunContext, SingleTas
 from lattice.core.orchestrator.handoff import LoopHandoff
 from lattice.core.resource.manager import ResourceManager
 from lattice.core.resource.node import NodeResources
-from lattice.core.run.events import RunEvent
+from lattice.core.run.events import RunEvent, RunFinished, RunStatus, TaskFailed
 from lattice.core.run.log import EventStore, InMemoryEventStore, RunLog
 from lattice.core.run.state import InvalidTransition, TaskStatus
 from lattice.core.runtime.task import LangGraphTaskRuntime
@@ -38,6 +38,7 @@ from lattice.core.scheduler.messages import (
 )
 from lattice.core.scheduler.queue_view import QueueView
 from lattice.core.scheduler.scheduler import Scheduler
+from lattice.core.store.records import StoredDefinitionError, definition_record, rebuild_workflow
 from lattice.core.workflow.base import (
     BaseTask,
     CodeTask,
@@ -54,12 +55,13 @@ from lattice.exceptions import (
     NotFoundError,
     OrchestratorNotInitializedError,
     RunNotFoundError,
+    TaskErrorInfo,
     WorkflowNotFoundError,
 )
 from lattice.executor.base import ExecutorBackend
 from lattice.serialization import decode_code
 from lattice.utils.memory import return_free_memory
-from lattice.vocabulary import parse_priority
+from lattice.vocabulary import ErrorKind, parse_priority
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +100,14 @@ class Orchestrator:
 
     # --- lifecycle --------------------------------------------------------------------------
 
+    @property
+    def store(self) -> EventStore:
+        return self._store
+
     def initialize(self, ready_timeout: float = 30.0) -> None:
-        """Start the executor and the scheduler thread; return once the scheduler is ready."""
+        """Start the executor and the scheduler thread; return once the scheduler is ready.
+        Workflows kept in the store become known again (runs resume in start_monitor)."""
+        self._load_workflows()
         self.executor.initialize()
         nodes = self.executor.cluster_nodes()
         if nodes:
@@ -120,15 +128,65 @@ class Orchestrator:
             raise LatticeUsageError(f"scheduler did not start within {ready_timeout}s")
 
     async def start_monitor(self) -> None:
-        """Route scheduler messages onto this event loop (no polling: a thread-safe hand-off)."""
-        handoff = LoopHandoff(asyncio.get_running_loop(), self._handle_scheduler_message)
+        """Route scheduler messages onto this event loop (no polling: a thread-safe hand-off),
+        then resume every run the store holds unfinished."""
+        loop = asyncio.get_running_loop()
+        self._store.bind_loop(loop)
+        handoff = LoopHandoff(loop, self._handle_scheduler_message)
         self._bus.set_listener(handoff.put)
+        self._resume_runs()
+
+    def _load_workflows(self) -> None:
+        for record in self._store.workflows():
+            try:
+                self._workflows[record.workflow_id] = rebuild_workflow(record)
+            except StoredDefinitionError:
+                log.exception("workflow %s is kept but cannot be rebuilt", record.workflow_id)
+
+    def _resume_runs(self) -> None:
+        """Each unfinished run in the store starts again from what its log recorded; one
+        whose definition cannot be rebuilt fails at once, saying why."""
+        for stored in self._store.unfinished_runs():
+            run_log = self._store.get(stored.run_id)
+            try:
+                workflow = rebuild_workflow(stored.definition)
+            except StoredDefinitionError as exc:
+                log.error("run %s cannot resume: %s", stored.run_id, exc)
+                self._fail_unloadable(run_log, str(exc))
+                continue
+            ctx = RunContext(
+                stored.run_id, workflow, self._bus, run_log, self._observer, self._on_run_finished
+            )
+            self._run_contexts[stored.run_id] = ctx
+            log.info("resuming run %s of workflow %s", stored.run_id, stored.workflow_id)
+            ctx.submit_start_tasks()
+
+    def _fail_unloadable(self, run_log: RunLog, message: str) -> None:
+        state = run_log.state
+        error = TaskErrorInfo.framework(ErrorKind.CODE_UNAVAILABLE.value, message)
+        for task_id, task in list(state.tasks.items()):
+            if not task.status.terminal:
+                run_log.append(
+                    TaskFailed(state.run_id, state.workflow_id, task_id, task.task_name, error)
+                )
+        run_log.append(
+            RunFinished(state.run_id, state.workflow_id, RunStatus.FAILED, state.counts(), message)
+        )
+        self._store.finished(state.run_id)
 
     def cleanup(self, timeout: float = 5.0, *, shutdown_executor: bool = True) -> None:
         """End open runs, stop the scheduler and, unless ``shutdown_executor`` is False (an
-        executor shared with other orchestrators), shut the executor down."""
+        executor shared with other orchestrators), shut the executor down.
+
+        With a durable store open runs are left unfinished, to resume when a head opens the
+        store again: their streams end now (clients reconnect). Otherwise they are recorded
+        cancelled ("server shutting down")."""
         for ctx in list(self._run_contexts.values()):
-            if isinstance(ctx, RunContext):
+            if not isinstance(ctx, RunContext):
+                continue
+            if self._store.durable:
+                ctx.log.release()
+            else:
                 ctx.abort("server shutting down")
         if self._scheduler is not None and self._message_bus is not None:
             self._message_bus.set_listener(None)
@@ -138,6 +196,7 @@ class Orchestrator:
             self._scheduler = None
         if shutdown_executor:
             self.executor.shutdown()
+        self._store.flush()
 
     @property
     def _bus(self) -> MessageBus:
@@ -154,8 +213,36 @@ class Orchestrator:
         workflow = self._workflows[workflow_id] = Workflow(
             workflow_id, max_code_bytes=self._max_workflow_code_bytes
         )
+        self._keep(workflow)
         self._observer.workflow_created(workflow_id)
         return workflow
+
+    def _keep(self, workflow: Workflow) -> None:
+        """Store the workflow's definition as it stands (after every successful edit)."""
+        self._store.save_workflow(definition_record(workflow))
+
+    def delete_workflow(self, workflow_id: str) -> None:
+        """Forget a workflow and its finished runs, in memory and in the store.
+
+        Raises WorkflowNotFoundError for an unknown id, LatticeUsageError (changing nothing)
+        while a run of it is still running."""
+        self.get_workflow(workflow_id)
+        running = [
+            ctx.run_id
+            for ctx in self._run_contexts.values()
+            if isinstance(ctx, RunContext) and ctx.workflow.workflow_id == workflow_id
+        ]
+        if running:
+            raise LatticeUsageError(
+                f"workflow {workflow_id} has runs still running ({', '.join(running)}); "
+                "cancel them before deleting it"
+            )
+        for run_id in self._store.run_ids():
+            if self._store.get(run_id).workflow_id == workflow_id:
+                self._store.retire(run_id)
+        del self._workflows[workflow_id]
+        self._store.delete_workflow(workflow_id)
+        return_free_memory()
 
     def get_workflow(self, workflow_id: str) -> Workflow:
         try:
@@ -173,6 +260,7 @@ class Orchestrator:
             raise LatticeInputError("task_name must not be empty")
         task_id = str(uuid.uuid4())
         workflow.add_task(task_id, CodeTask(workflow_id, task_id, task_name))
+        self._keep(workflow)
         return task_id
 
     def add_code_tasks(
@@ -193,6 +281,7 @@ class Orchestrator:
             if not draft.task_name:
                 raise LatticeInputError(f"task {draft.task_id}: task_name must not be empty")
         workflow.add_code_tasks(drafts, edges)
+        self._keep(workflow)
 
     def save_task(
         self,
@@ -205,19 +294,25 @@ class Orchestrator:
     ) -> None:
         """Save a code task's configuration (``/save_task``; with ``add_edges``,
         ``/save_task_and_add_edge``). On any error the workflow is unchanged."""
-        self.get_workflow(workflow_id).save_task(
-            task_id, config, add_edges=add_edges, task_name=task_name
-        )
+        workflow = self.get_workflow(workflow_id)
+        workflow.save_task(task_id, config, add_edges=add_edges, task_name=task_name)
+        self._keep(workflow)
 
     def add_edge(self, workflow_id: str, source_task_id: str, target_task_id: str) -> None:
         """Raises CycleError (the edge is not added) if it would close a cycle."""
-        self.get_workflow(workflow_id).add_edge(source_task_id, target_task_id)
+        workflow = self.get_workflow(workflow_id)
+        workflow.add_edge(source_task_id, target_task_id)
+        self._keep(workflow)
 
     def del_edge(self, workflow_id: str, source_task_id: str, target_task_id: str) -> None:
-        self.get_workflow(workflow_id).del_edge(source_task_id, target_task_id)
+        workflow = self.get_workflow(workflow_id)
+        workflow.del_edge(source_task_id, target_task_id)
+        self._keep(workflow)
 
     def del_task(self, workflow_id: str, task_id: str) -> None:
-        self.get_workflow(workflow_id).del_task(task_id)
+        workflow = self.get_workflow(workflow_id)
+        workflow.del_task(task_id)
+        self._keep(workflow)
 
     def workflow_tasks(self, workflow_id: str) -> list[BaseTask]:
         """The workflow's tasks, in the order they were added."""
@@ -240,6 +335,7 @@ class Orchestrator:
             workflow_id, task_id, task_name, code_ser, resources, parse_priority(priority)
         )
         workflow.add_task(task_id, task)
+        self._keep(workflow)
         return task_id
 
     # --- runs -------------------------------------------------------------------------------
@@ -258,8 +354,12 @@ class Orchestrator:
             )
         run_id = str(uuid.uuid4())
         copy = workflow.copy_for_run()
+        # Durable before the first task goes out: a crash from here on resumes the run.
         run_log = self._store.create(
-            run_id, workflow_id, [(t.task_id, t.task_name) for t in copy.tasks()]
+            run_id,
+            workflow_id,
+            [(t.task_id, t.task_name) for t in copy.tasks()],
+            definition_record(copy),
         )
         ctx = RunContext(
             run_id, copy, self._bus, run_log, self._observer, self._on_run_finished, run_priority

@@ -13,6 +13,31 @@ from typing import Any
 from lattice.core.runtime.task import BaseTaskRuntime
 from lattice.core.workflow.inputs import TaskRef
 from lattice.exceptions import InvalidReferenceError
+from lattice.serialization import PICKLE_KEY, WireValue
+
+
+@dataclass(frozen=True)
+class RecordedOutputs:
+    """A task's outputs as its run's log recorded them (wire form), for a run resumed after a
+    restart: its dependants get :class:`~lattice.serialization.WireValue` inputs, decoded where
+    they run."""
+
+    encoded: Any
+
+    def output(self, ref: TaskRef) -> WireValue:
+        encoded = self.encoded
+        if isinstance(encoded, dict) and not _is_leaf(encoded):
+            if ref.output_key not in encoded:
+                raise InvalidReferenceError(
+                    f"reference {ref}: task {ref.task_id} has no output {ref.output_key!r} "
+                    f"(its outputs: {sorted(encoded)})"
+                )
+            return WireValue(encoded[ref.output_key])
+        return WireValue(encoded, ref.output_key)
+
+
+def _is_leaf(encoded: dict[str, Any]) -> bool:
+    return len(encoded) == 1 and PICKLE_KEY in encoded
 
 
 @dataclass
@@ -52,6 +77,8 @@ class WorkflowRuntimeManager:
                 f"reference {ref}: task {ref.task_id} has no result in this run"
             )
         outputs = results[ref.task_id]
+        if isinstance(outputs, RecordedOutputs):
+            return outputs.output(ref)
         if not isinstance(outputs, dict) or ref.output_key not in outputs:
             keys = sorted(outputs) if isinstance(outputs, dict) else []
             raise InvalidReferenceError(

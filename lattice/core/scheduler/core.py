@@ -245,7 +245,7 @@ class SchedulerCore:
             self._make_ready(data.task)
 
     def _on_run_tasks(self, data: RunTasksData) -> None:
-        for task in self._runs.start(data.run_id, data.workflow_id, data.tasks):
+        for task in self._runs.start(data.run_id, data.workflow_id, data.tasks, data.history):
             self._make_ready(task)
 
     def _on_cancel_run(self, data: RunControlData) -> None:

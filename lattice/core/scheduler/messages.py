@@ -77,6 +77,9 @@ class RunTasksData:
     tasks: tuple[RunTaskData, ...]
     run_id: str = ""
     workflow_id: str = ""
+    #: the run's recorded events, when it resumes after a restart: the core starts from
+    #: their fold (finished tasks keep their recorded outputs and never run again)
+    history: tuple[RunEvent, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from lattice.core.run.events import (
 )
 from lattice.core.run.state import RunState, TaskStatus
 from lattice.core.runtime.task import BaseTaskRuntime
-from lattice.core.runtime.workflow import WorkflowRuntimeManager
+from lattice.core.runtime.workflow import RecordedOutputs, WorkflowRuntimeManager
 from lattice.core.scheduler.commands import Command, Emit
 from lattice.core.scheduler.messages import RunTaskData
 from lattice.core.scheduler.waiting import WaitingTasks
@@ -54,15 +54,42 @@ class RunBook:
     # --- runs coming and going --------------------------------------------------------------
 
     def start(
-        self, run_id: str, workflow_id: str, entries: tuple[RunTaskData, ...]
+        self,
+        run_id: str,
+        workflow_id: str,
+        entries: tuple[RunTaskData, ...],
+        history: tuple[RunEvent, ...] = (),
     ) -> list[BaseTaskRuntime]:
         """A run handed over whole: it finishes when the last of its tasks has ended. Returns
-        the tasks that are ready now."""
+        the tasks that are ready now.
+
+        ``history``: the run's recorded events, for a run resumed after a restart. The run
+        starts from their fold: a task with a recorded outcome is never handed out again (a
+        finished one's recorded outputs feed its dependants), a task recorded started (or
+        not yet) runs, its next start counting on from the recorded attempt; dependants of a
+        task recorded failed or cancelled that the log does not show skipped are skipped now.
+        """
         if run_id in self._runs:
             raise ValueError(f"run {run_id} was handed over twice")
-        tasks = ((e.task.task_id, e.task.task_name) for e in entries)
-        run = self._runs[run_id] = _Run(RunState(run_id, workflow_id, tasks))
-        ready = [e.task for e in entries if self._add(run, e)]
+        tasks = [(e.task.task_id, e.task.task_name) for e in entries]
+        run = self._runs[run_id] = _Run(RunState.replay(run_id, workflow_id, tasks, history))
+        ready: list[BaseTaskRuntime] = []
+        for entry in entries:
+            recorded = run.state.task(entry.task.task_id)
+            entry.task.attempts = recorded.attempt
+            if not recorded.status.terminal:
+                if self._add(run, entry):
+                    ready.append(entry.task)
+            elif recorded.status is TaskStatus.COMPLETED:
+                self.runtime.add_task(entry.task)
+                self.runtime.set_task_result(entry.task, RecordedOutputs(recorded.result))
+        for task_id, recorded in list(run.state.tasks.items()):
+            if recorded.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+                self.waiting.drop_after(run_id, task_id)
+                verb = "failed" if recorded.status is TaskStatus.FAILED else "was cancelled"
+                reason = f"upstream task {recorded.task_name} ({task_id}) {verb}"
+                self._skip_dependants(run, task_id, reason)
+        ready = [t for t in ready if not run.state.is_terminal(t.task_id)]
         self._maybe_finish(run)
         return ready
 

@@ -18,6 +18,7 @@ from lattice.executor.base import (
 )
 from lattice.executor.runner import error_info
 from lattice.serialization import encode_value
+from lattice.vocabulary import TaskAttempt
 
 
 def _inputs(
@@ -55,6 +56,9 @@ def build_submission(
         "node": node,
         "sandbox": first.sandbox,
     }
+    if not item.batched:
+        # Its start is announced after this (attempts then counts it).
+        common["attempt"] = TaskAttempt(first.run_id, first.task_id, first.attempts + 1)
     if isinstance(first, LangGraphTaskRuntime):
         return TaskSubmission(
             kind=TaskKind.LANGGRAPH,

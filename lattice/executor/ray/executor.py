@@ -32,6 +32,7 @@ import string
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from lattice.core.resource.manager import DEFAULT_JOIN_GRACE
@@ -51,6 +52,7 @@ from lattice.executor.base import (
 from lattice.executor.ray.channel import RUN, ChannelServer, dumps
 from lattice.executor.ray.handles import ChannelHandle, FollowerHandle, Handle, RayHandle
 from lattice.executor.ray.hosts import Host, HostKind, HostPool, host_kind
+from lattice.executor.ray.leftovers import RECORD_NAME
 from lattice.executor.ray.membership import NodeWatcher, alive_ids
 from lattice.executor.ray.node import START_TIMEOUT, RayHead, align_auth_mode
 from lattice.executor.ray.payload import CODE_INLINE_BYTES, Packed, pack, unpack
@@ -168,6 +170,7 @@ class RayExecutor(ExecutorBackend):
         cancel_grace: float = 2.0,
         host_connections: bool = True,
         join_grace: float = DEFAULT_JOIN_GRACE,
+        state_dir: Path | None = None,
     ) -> None:
         if address is not None and ray_port is not None:
             raise LatticeUsageError(
@@ -178,6 +181,8 @@ class RayExecutor(ExecutorBackend):
                 f"num_cpus of a Ray node must be a whole number, got {num_cpus}"
             )
         self._address = address
+        #: where the Ray head this executor starts is recorded (see ray.leftovers)
+        self._state_dir = state_dir
         self._num_cpus = None if num_cpus is None else int(num_cpus)
         self._ray_port = ray_port
         self._node_ports = node_ports
@@ -264,7 +269,8 @@ class RayExecutor(ExecutorBackend):
                 ) from exc
         elif self._ray_port is not None:
             align_auth_mode()
-            head = RayHead(self._ray_port, self._num_cpus, self._node_ports)
+            record = None if self._state_dir is None else self._state_dir / RECORD_NAME
+            head = RayHead(self._ray_port, self._num_cpus, self._node_ports, record)
             head.wait_ready(START_TIMEOUT)
             try:
                 ray.init(address=f"127.0.0.1:{self._ray_port}", **common)

@@ -29,11 +29,13 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
 
 from lattice.exceptions import LatticeUsageError, LatticeWorldError
+from lattice.executor.ray.leftovers import forget, remember, stop_leftovers
 from lattice.executor.ray.ports import NodePorts
 
 logger = logging.getLogger(__name__)
@@ -270,9 +272,24 @@ class RayHead(_RayStart):
     """
 
     def __init__(
-        self, port: int, num_cpus: int | None = None, node_ports: NodePorts | None = None
+        self,
+        port: int,
+        num_cpus: int | None = None,
+        node_ports: NodePorts | None = None,
+        record: Path | None = None,
     ) -> None:
+        """``record``: where to keep the pid of this head's ``ray start`` (in the data
+        directory): a leftover it names, from a head that was killed, is stopped first."""
         self.port = port
+        self._record = record
+        if record is not None:
+            leftover = stop_leftovers(record)
+            if leftover is not None:
+                logger.warning(
+                    "stopped the Ray head (pid %d) that a previous Lattice head on this data "
+                    "directory left running",
+                    leftover,
+                )
         args = ["--head", f"--port={port}", "--include-dashboard=false"]
         if num_cpus is not None:
             args.append(f"--num-cpus={num_cpus}")
@@ -284,6 +301,13 @@ class RayHead(_RayStart):
             _health_check_env(),
             own_session=True,
         )
+        if record is not None:
+            remember(record, self.pid)
+
+    def stop(self) -> None:
+        super().stop()
+        if self._record is not None:
+            forget(self._record)
 
 
 @dataclass(frozen=True)
