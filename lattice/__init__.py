@@ -11,6 +11,7 @@ from lattice.client.core.models import LatticeTask, TaskOutput
 from lattice.client.core.transport import ReconnectPolicy
 from lattice.client.core.workflow import LatticeWorkflow
 from lattice.client.langgraph.client import LangGraphClient
+from lattice.context import TaskContext
 from lattice.exceptions import (
     CycleError,
     InvalidCodeError,
@@ -55,6 +56,7 @@ __all__ = [
     "RunCancelledError",
     "RunNotFoundError",
     "TaskAttempt",
+    "TaskContext",
     "TaskErrorInfo",
     "TaskFailedError",
     "TaskNotFoundError",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
+from lattice.context import TaskDirectives
 from lattice.core.resource.node import SelectedNode
 from lattice.exceptions import TaskErrorInfo
 from lattice.vocabulary import SandboxSpec, TaskAttempt, TaskResourceRequirements, code_digest
@@ -71,6 +72,8 @@ class TaskOutcome:
     #: the task did not fail by itself: the worker or node running it died; it may be
     #: retried elsewhere (``error`` then says which node and why)
     lost: bool = False
+    #: what the task's code asked of its run through its TaskContext (routing); None: nothing
+    directives: TaskDirectives | None = None
 
     @property
     def ok(self) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 import cloudpickle
 
+from lattice.context import TaskContext, takes_context
 from lattice.exceptions import TaskErrorInfo
 from lattice.executor.base import TaskKind, TaskOutcome, TaskSubmission
 from lattice.serialization import LargeValue, WireValue, decode_value, dumps_b64, loads_b64
@@ -126,13 +127,15 @@ def merge_inputs(user: dict[str, Any] | None, upstream: dict[str, Any] | None) -
     return params
 
 
-def _decode(sub: TaskSubmission) -> Callable[[], Any]:
+def _decode(sub: TaskSubmission, ctx: TaskContext) -> Callable[[], Any]:
     """Unpickle what ``sub`` carries (its function, its inputs: this imports the modules they
-    come from); return the call that runs it."""
+    come from); return the call that runs it. A code task whose function takes a second
+    parameter gets ``ctx``."""
     func = load_function(sub.code_id, sub.code)
     if sub.kind is TaskKind.CODE:
         params = merge_inputs(sub.user_inputs, sub.upstream_inputs)
-        return lambda: check_outputs(_call(func, params), sub.outputs, sub.task_name)
+        args = (params, ctx) if takes_context(func) else (params,)
+        return lambda: check_outputs(_call(func, *args), sub.outputs, sub.task_name)
     if sub.kind is TaskKind.BATCH:
         batch = [
             merge_inputs(u, p) for u, p in zip(sub.user_inputs, sub.upstream_inputs, strict=True)
@@ -171,10 +174,11 @@ def execute(
     """
     start = time.perf_counter()
     token = _CURRENT_ATTEMPT.set(sub.attempt)
+    ctx = TaskContext(sub.attempt, sub.task_name)
     try:
         with _gpu_env(sub.node.gpu_ids, set_gpu_env):
             with decoding if decoding is not None else nullcontext():
-                call = _decode(sub)
+                call = _decode(sub, ctx)
             value = call()
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - a task's failure is data
         return TaskOutcome(
@@ -182,4 +186,9 @@ def execute(
         )
     finally:
         _CURRENT_ATTEMPT.reset(token)
-    return TaskOutcome(value=value, duration=time.perf_counter() - start)
+    directives = ctx.directives()
+    return TaskOutcome(
+        value=value,
+        duration=time.perf_counter() - start,
+        directives=None if directives.empty else directives,
+    )

@@ -74,6 +74,7 @@ def test_only_the_api_imports_the_web_framework() -> None:
 def test_the_client_sdk_imports_only_its_vocabulary() -> None:
     allowed = (
         "lattice.client",
+        "lattice.context",
         "lattice.vocabulary",
         "lattice.exceptions",
         "lattice.serialization",

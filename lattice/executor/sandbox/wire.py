@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass, replace
 from typing import Any
 
+from lattice.context import TaskDirectives
 from lattice.exceptions import TaskErrorInfo
 from lattice.executor.base import TaskOutcome, TaskSubmission
 from lattice.serialization import PICKLE_KEY, SealedValue, decode_value, encode_value
@@ -61,7 +62,9 @@ def encode_outcome(outcome: TaskOutcome) -> bytes:
                 message=f"the task's result could not be serialized: {exc}",
                 traceback="",
             ).to_dict()
-    doc = {"value": value, "error": error, "duration": float(outcome.duration)}
+    doc: dict[str, Any] = {"value": value, "error": error, "duration": float(outcome.duration)}
+    if error is None and outcome.directives is not None:
+        doc["directives"] = outcome.directives.to_dict()
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -107,13 +110,15 @@ def _decode_outcome(doc: Any, open_values: bool) -> TaskOutcome:
             raise ValueError("outcome error is malformed")
         return TaskOutcome(error=TaskErrorInfo.from_dict(error), duration=float(duration))
     raw = doc.get("value")
+    directives = doc.get("directives")
+    parsed = TaskDirectives.from_dict(directives) if directives is not None else None
     if not open_values:
-        return TaskOutcome(value=_seal(raw), duration=float(duration))
+        return TaskOutcome(value=_seal(raw), duration=float(duration), directives=parsed)
     try:
         value = decode_value(raw)
     except Exception as exc:  # unpickling can fail in any way; it is reported as data
         raise ValueError(f"a result value could not be unpickled: {exc!r}") from exc
-    return TaskOutcome(value=value, duration=float(duration))
+    return TaskOutcome(value=value, duration=float(duration), directives=parsed)
 
 
 # --- framing: every byte stream here is a sequence of tagged, length-prefixed frames ----------
