@@ -134,7 +134,7 @@ def _decode(sub: TaskSubmission, ctx: TaskContext) -> Callable[[], Any]:
     func = load_function(sub.code_id, sub.code)
     if sub.kind is TaskKind.CODE:
         params = merge_inputs(sub.user_inputs, sub.upstream_inputs)
-        args = (params, ctx) if takes_context(func) else (params,)
+        args: tuple[Any, ...] = (params, ctx) if takes_context(func) else (params,)
         return lambda: check_outputs(_call(func, *args), sub.outputs, sub.task_name)
     if sub.kind is TaskKind.BATCH:
         batch = [
