@@ -1,15 +1,20 @@
 """Start a head as a child process and stop it again: for examples, benchmarks and scripts.
 
 ``with LocalHead(executor="ray") as head: LatticeClient(head.url)``. Readiness is read from the
-server's own log line, not guessed with sleeps.
+server's own log line, not guessed with sleeps. Such a head is a throwaway: unless ``data_dir``
+(or ``--data-dir``/``--store`` in ``extra_args``) says otherwise, it keeps its store in a
+temporary directory of its own, removed when it stops, so scripts and benchmarks neither read
+nor grow the user's ``~/.lattice``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from types import TracebackType
 
@@ -29,6 +34,7 @@ class LocalHead:
         extra_args: tuple[str, ...] = (),
         start_timeout: float = 120.0,
         quiet: bool = True,
+        data_dir: str | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -45,6 +51,13 @@ class LocalHead:
         if num_cpus is not None:
             self._args += ["--num-cpus", str(num_cpus)]
         self._args += list(extra_args)
+        #: the temporary data directory this head made for itself (removed by stop)
+        self._own_data_dir: str | None = None
+        if data_dir is not None:
+            self._args += ["--data-dir", data_dir]
+        elif not {"--data-dir", "--store"} & set(extra_args):
+            self._own_data_dir = tempfile.mkdtemp(prefix="lattice-head-")
+            self._args += ["--data-dir", self._own_data_dir]
         self._timeout = start_timeout
         self._proc: subprocess.Popen[str] | None = None
         self.output: list[str] = []
@@ -86,13 +99,18 @@ class LocalHead:
         proc, self._proc = self._proc, None
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                return proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        return proc.wait()
+        try:
+            if proc.poll() is None:
+                proc.send_signal(sig)
+                try:
+                    return proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+            return proc.wait()
+        finally:
+            if self._own_data_dir is not None:
+                shutil.rmtree(self._own_data_dir, ignore_errors=True)
+                self._own_data_dir = None
 
     def __enter__(self) -> LocalHead:
         return self.start()
