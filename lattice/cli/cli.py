@@ -105,6 +105,24 @@ def run_head(settings: ServerSettings) -> int:
     log.info(
         "Lattice head: store %s (--store, --data-dir or %s move it)", settings.store, DATA_DIR_ENV
     )
+    base = f"http://{settings.host}:{settings.port}"
+    lines = [
+        f"API        {base}",
+        f"dashboard  {base}/" + ("?token=<your token>" if settings.token else ""),
+        f"docs       {base}/docs",
+    ]
+    if settings.metrics_enabled and settings.metrics_exporter == "prometheus":
+        lines.append(f"metrics    {base}/metrics")
+    if settings.executor == "ray" and not settings.ray_address:
+        lines.append(
+            f"Ray        dashboard at Ray's own port (ray head on port {settings.ray_port})"
+        )
+    lines += [
+        f"executor   {settings.executor}",
+        f"store      {settings.store}",
+        "stop       Ctrl-C",
+    ]
+    log.info("Lattice head\n  %s", "\n  ".join(lines))
     config = uvicorn.Config(
         app,
         host=settings.host,
