@@ -174,15 +174,26 @@ function runPage(runId) {
         : "",
     );
   };
-  // Redraws the timeline and header at most once per frame while events stream.
+  // While events stream: the header once per frame, the timeline (a bar per attempt, all
+  // redrawn) and the open panel at most every TIMELINE_MS, so a large run stays responsive.
+  const TIMELINE_MS = 500;
+  let lastTimeline = 0;
+  let timelineTimer = null;
+  const drawSlow = () => {
+    timelineTimer = null;
+    lastTimeline = performance.now();
+    drawTimeline(timeline, run.tasks, run.created_at, critical);
+    if (selected) taskPanel(panel, run, selected, logs);
+  };
   const schedule = () => {
+    if (timelineTimer === null) {
+      timelineTimer = setTimeout(drawSlow, Math.max(0, TIMELINE_MS - (performance.now() - lastTimeline)));
+    }
     if (pendingDraw) return;
     pendingDraw = true;
     requestAnimationFrame(() => {
       pendingDraw = false;
       drawHead();
-      drawTimeline(timeline, run.tasks, run.created_at, critical);
-      if (selected) taskPanel(panel, run, selected, logs);
     });
   };
   const recount = () => {
