@@ -10,6 +10,7 @@ from lattice.core.workflow.base import (
     BaseTask,
     CodeTask,
     CodeTaskConfig,
+    CodeTaskDraft,
     LangGraphTask,
     TaskType,
     Workflow,
@@ -22,6 +23,7 @@ from lattice.exceptions import (
     InvalidResourceError,
     LatticeInputError,
     TaskNotFoundError,
+    TooLargeError,
 )
 from lattice.serialization import dumps_b64
 from lattice.vocabulary import BatchConfig
@@ -439,3 +441,33 @@ def test_get_code_task_refuses_a_langgraph_task() -> None:
     with pytest.raises(LatticeInputError, match="is a langgraph task, not a code task"):
         wf.get_code_task("g")
     assert wf.code_tasks() == []
+
+
+def test_the_code_limit_counts_what_the_workflow_holds_after_saves_deletes_and_rollbacks() -> None:
+    one = len(CODE)
+    wf = Workflow("wf", max_code_bytes=4 * one)
+
+    def save(task_id: str) -> None:
+        wf.save_task(task_id, CodeTaskConfig(serialized_code=CODE), add_edges=False)
+
+    for t in ("a", "b"):
+        wf.add_task(t, CodeTask("wf", t, t))
+        save(t)
+    save("a")  # replaces its own code: still two tasks' worth
+    draft = CodeTaskDraft(task_id="c", task_name="c", config=CodeTaskConfig(serialized_code=CODE))
+    broken = CodeTaskDraft(
+        task_id="d",
+        task_name="d",
+        config=CodeTaskConfig(serialized_code=CODE, task_input=refs(x="zz.y")),
+    )
+    with pytest.raises(InvalidReferenceError):
+        wf.add_code_tasks([draft, broken])  # rolled back: neither task's code stays counted
+    wf.add_code_tasks([draft])
+    for t in ("e", "f"):
+        wf.add_task(t, CodeTask("wf", t, t))
+    save("e")
+    with pytest.raises(TooLargeError, match=f"would hold {5 * one} bytes"):
+        save("f")
+    wf.del_task("b")
+    save("f")
+    assert sorted(t.task_id for t in wf.tasks()) == ["a", "c", "e", "f"]

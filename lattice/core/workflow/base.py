@@ -231,6 +231,9 @@ class Workflow:
         self.max_code_bytes = max_code_bytes
         self._tasks: dict[str, BaseTask] = {}
         self._graph: nx.DiGraph = nx.DiGraph()
+        #: code each task holds (see _code_size), and their sum: a limit check costs O(1)
+        self._code_sizes: dict[str, int] = {}
+        self._code_total = 0
 
     # --- building ---------------------------------------------------------------------------
 
@@ -238,8 +241,20 @@ class Workflow:
         if task_id in self._tasks:
             raise LatticeInputError(f"task {task_id} already exists in workflow {self.workflow_id}")
         self._check_code_size(task_id, task)
-        self._tasks[task_id] = task
+        self._put(task_id, task)
         self._graph.add_node(task_id)
+
+    def _put(self, task_id: str, task: BaseTask) -> None:
+        """Hold ``task`` as ``task_id`` (new or replacing), keeping the code total."""
+        size = _code_size(task)
+        self._code_total += size - self._code_sizes.get(task_id, 0)
+        self._code_sizes[task_id] = size
+        self._tasks[task_id] = task
+
+    def _drop(self, task_id: str) -> None:
+        self._graph.remove_node(task_id)
+        del self._tasks[task_id]
+        self._code_total -= self._code_sizes.pop(task_id, 0)
 
     def get_task(self, task_id: str) -> BaseTask:
         try:
@@ -297,8 +312,7 @@ class Workflow:
                     f"task {succ} reads {param.ref} through input {param.key!r}; "
                     f"change or delete {succ} first"
                 )
-        self._graph.remove_node(task_id)
-        del self._tasks[task_id]
+        self._drop(task_id)
 
     def add_code_tasks(
         self, drafts: Sequence[CodeTaskDraft], edges: Sequence[tuple[str, str]] = ()
@@ -327,8 +341,7 @@ class Workflow:
             # Removing the new tasks removes every edge that touches them, too.
             self._graph.remove_edges_from(explicit)
             for task_id in added:
-                self._graph.remove_node(task_id)
-                del self._tasks[task_id]
+                self._drop(task_id)
             raise
 
     def _resolve_reference_form(self, param: InputParam) -> InputParam:
@@ -351,8 +364,7 @@ class Workflow:
         would exceed :attr:`max_code_bytes`: stored code is kept as long as the workflow."""
         if self.max_code_bytes is None:
             return
-        others = sum(_code_size(t) for tid, t in self._tasks.items() if tid != task_id)
-        total = others + _code_size(task)
+        total = self._code_total - self._code_sizes.get(task_id, 0) + _code_size(task)
         if total > self.max_code_bytes:
             raise TooLargeError(
                 f"workflow {self.workflow_id} would hold {total} bytes of code, over its limit "
@@ -417,7 +429,7 @@ class Workflow:
                     f"task {task_id} reads outputs of {missing} without an edge from them; "
                     "use save_task_and_add_edge or add the edges first"
                 )
-        self._tasks[task_id] = trial
+        self._put(task_id, trial)
         if task_name:
             trial.task_name = task_name
 
