@@ -11,9 +11,24 @@ from urllib.parse import parse_qs
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 TOKEN_HEADER = b"x-lattice-token"
+#: the cookie the dashboard's entry (``GET /?token=...``) sets, so that its pages, their API
+#: calls and WebSockets carry the token without it in every URL (HttpOnly, SameSite=Strict)
+TOKEN_COOKIE = "lattice_token"
+#: the one HTTP path that takes ``?token=``: the dashboard's entry, which answers with the
+#: cookie and a redirect to itself without the token in the URL
+DASHBOARD_ENTRY = "/"
+
+
+def _cookie_token(value: bytes) -> str | None:
+    for part in value.decode("latin-1").split(";"):
+        name, _, token = part.strip().partition("=")
+        if name == TOKEN_COOKIE:
+            return token
+    return None
 
 
 def _token_of(scope: Scope) -> str | None:
+    cookie = None
     for name, value in scope.get("headers", []):
         if name == TOKEN_HEADER:
             return value.decode("latin-1")
@@ -21,7 +36,11 @@ def _token_of(scope: Scope) -> str | None:
             text = value.decode("latin-1")
             if text.lower().startswith("bearer "):
                 return text[7:].strip()
-    if scope["type"] != "websocket":
+        if name == b"cookie":
+            cookie = _cookie_token(value) or cookie
+    if cookie is not None:
+        return cookie
+    if scope["type"] != "websocket" and scope.get("path") != DASHBOARD_ENTRY:
         # A query string ends up in access logs, proxies and browser history; only the
         # WebSocket, which a browser cannot give headers, takes the token there.
         return None

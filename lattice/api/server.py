@@ -15,19 +15,21 @@ from typing import Any
 import psutil
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 
 from lattice import __version__
 from lattice.api.errors import install_error_handlers
 from lattice.api.guard import BodyLimit, TokenGuard
 from lattice.api.origin import HostGuard
 from lattice.api.redact import redacted_request_logs
-from lattice.api.routes import langgraph, queue, runs, worker, workflow
+from lattice.api.routes import dashboard, langgraph, queue, runs, worker, workflow
 from lattice.config.settings import ServerSettings, is_loopback
 from lattice.core.observer import EngineObserver
 from lattice.core.orchestrator.orchestrator import Orchestrator
 from lattice.core.resource.node import NodeResources
 from lattice.core.run.log import EventStore
 from lattice.core.store.factory import open_store
+from lattice.dashboard import STATIC_DIR, STATIC_PATH
 from lattice.executor.base import ExecutorBackend
 from lattice.executor.factory import create_executor
 from lattice.executor.sandbox.runner import SandboxRunner
@@ -140,10 +142,15 @@ def create_app(
         description="Task-level distributed runtime for LLM-agent workflows",
         version=__version__,
         lifespan=lifespan,
+        # /docs is served from the package's own files (routes/dashboard.py), offline.
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     for module in (workflow, langgraph, worker, runs, queue):
         app.include_router(module.router)
+    app.include_router(dashboard.router)
+    app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR, check_dir=False), name="ui")
     # Each add_middleware wraps the ones before it: the token check runs before anything
     # reads the body, the Host and Origin check before the token check (a page of another
     # site learns nothing, not even whether a token is set); CORS wraps them all, because a

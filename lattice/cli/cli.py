@@ -105,6 +105,24 @@ def run_head(settings: ServerSettings) -> int:
     log.info(
         "Lattice head: store %s (--store, --data-dir or %s move it)", settings.store, DATA_DIR_ENV
     )
+    base = f"http://{settings.host}:{settings.port}"
+    lines = [
+        f"API        {base}",
+        f"dashboard  {base}/" + ("?token=<your token>" if settings.token else ""),
+        f"docs       {base}/docs",
+    ]
+    if settings.metrics_enabled and settings.metrics_exporter == "prometheus":
+        lines.append(f"metrics    {base}/metrics")
+    if settings.executor == "ray" and not settings.ray_address:
+        lines.append(
+            f"Ray        dashboard at Ray's own port (ray head on port {settings.ray_port})"
+        )
+    lines += [
+        f"executor   {settings.executor}",
+        f"store      {settings.store}",
+        "stop       Ctrl-C",
+    ]
+    log.info("Lattice head\n  %s", "\n  ".join(lines))
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -305,7 +323,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--addr", required=True, help="the head's API address HOST:PORT")
     status.add_argument("--token", help="the head's token (or LATTICE_TOKEN)")
+    _add_inspect_commands(sub)
     return parser
+
+
+def _add_inspect_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--addr", default=f"127.0.0.1:{DEFAULT_PORT}", help="the head's HOST:PORT")
+        p.add_argument("--token", help="the head's token (or LATTICE_TOKEN)")
+        return p
+
+    runs = command("runs", "list the head's runs, newest first")
+    runs.add_argument("--workflow", help="only this workflow's runs")
+    runs.add_argument("--status", help="only runs in this state (running, completed, ...)")
+    run = command("run", "show one run")
+    run.add_argument("action", choices=["show"], help="show: the tasks as a tree")
+    run.add_argument("run_id")
+    logs = command("logs", "print a run's task logs")
+    logs.add_argument("run_id")
+    logs.add_argument("task_id", nargs="?")
+    logs.add_argument("--follow", action="store_true", help="keep printing while it runs")
+    cancel = command("cancel", "cancel a run, or one task of it")
+    cancel.add_argument("run_id")
+    cancel.add_argument("task_id", nargs="?")
+    for name in ("approve", "reject"):
+        decide = command(name, f"{name} a barrier that waits in a run")
+        decide.add_argument("run_id")
+        decide.add_argument("barrier_id")
+        decide.add_argument("--comment", default="")
+    command("queue", "what waits in the queue, and why")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from lattice.cli import inspect
+
+    head = inspect.Head(args.addr, args.token or os.environ.get("LATTICE_TOKEN"))
+    if args.command == "runs":
+        return inspect.cmd_runs(head, args.workflow, args.status)
+    if args.command == "run":
+        return inspect.cmd_run_show(head, args.run_id)
+    if args.command == "logs":
+        return inspect.cmd_logs(head, args.run_id, args.task_id, args.follow)
+    if args.command == "cancel":
+        return inspect.cmd_cancel(head, args.run_id, args.task_id)
+    if args.command in ("approve", "reject"):
+        return inspect.cmd_decide(head, args.run_id, args.barrier_id, args.command, args.comment)
+    return inspect.cmd_queue(head)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -318,6 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from lattice.cli.status import print_status
 
             return print_status(args.addr, args.token or os.environ.get("LATTICE_TOKEN"))
+        if args.command != "start":
+            return _inspect(args)
         if args.head:
             return run_head(_head_settings(args))
         from lattice.cli.worker import run_worker

@@ -360,7 +360,11 @@ def test_run_status_reports_every_task(api: RawApi) -> None:
 
     assert run["run_id"] == run_id and run["workflow_id"] == wf
     assert run["status"] == "completed" and run["events"] == 5
-    assert run["tasks"][a] == {"status": "completed", "node_id": "local", "result": {"y": 2}}
+    spec_fields = {"status": "completed", "node_id": "local", "result": {"y": 2}}
+    assert {k: run["tasks"][a][k] for k in spec_fields} == spec_fields
+    # Additions (the dashboard's): the task's name, attempts and times.
+    assert run["tasks"][a]["task_name"] == "double" and run["tasks"][a]["attempt"] == 1
+    assert run["tasks"][a]["started_at"] <= run["tasks"][a]["ended_at"]
     assert run["tasks"][b]["result"] == {"z": 3}
 
 

@@ -11,18 +11,44 @@ from fastapi import APIRouter, Request, Response
 
 from lattice.api.deps import Orch
 from lattice.api.models.schemas import HealthResponse, RunStatusResponse, StatusResponse
+from lattice.core.run.events import RunStatus
 from lattice.core.run.log import RunLog
 from lattice.core.run.state import TaskStatus
+from lattice.core.run.view import run_detail, run_row
 from lattice.exceptions import LatticeInputError, LatticeUsageError, NotFoundError
 from lattice.serialization import LargeValueLeaf, SealedValue, encode_value
 
 router = APIRouter(tags=["runs"])
 
 
+@router.get("/runs")
+async def list_runs(
+    orch: Orch, workflow_id: str | None = None, status: str | None = None, limit: int = 500
+) -> dict[str, object]:
+    """The runs the head holds, newest first: status, times, task counts. ``workflow_id``
+    and ``status`` (running, completed, failed, cancelled) filter; ``limit`` caps the list."""
+    if status is not None and status not in {s.value for s in RunStatus}:
+        raise LatticeInputError(
+            f"status must be one of {sorted(s.value for s in RunStatus)}, got {status!r}"
+        )
+    if limit < 1:
+        raise LatticeInputError(f"limit must be at least 1, got {limit}")
+    rows = [run_row(log) for log in orch.run_logs()]
+    rows = [
+        r
+        for r in rows
+        if (workflow_id is None or r["workflow_id"] == workflow_id)
+        and (status is None or r["status"] == status)
+    ]
+    rows.sort(key=lambda r: r["created_at"], reverse=True)
+    return {"status": "success", "total": len(rows), "runs": rows[:limit]}
+
+
 @router.get("/runs/{run_id}", response_model=RunStatusResponse)
 async def get_run(run_id: str, orch: Orch) -> RunStatusResponse:
-    """Status of the run and of every task, with results (wire form) and errors."""
-    return RunStatusResponse(run=orch.get_run_log(run_id).summary())
+    """Status of the run and of every task, with results (wire form) and errors; as
+    additions, the run's times and edges and each task's name, attempts and times."""
+    return RunStatusResponse(run=run_detail(orch.get_run_log(run_id), orch.run_edges(run_id)))
 
 
 @router.get("/runs/{run_id}/events")

@@ -614,6 +614,31 @@ class Orchestrator:
             if isinstance(ctx, RunContext):
                 ctx.abort(f"internal error: the run's log refused {event.kind}")
 
+    # --- read-only views (dashboard, CLI) ---------------------------------------------------
+
+    def run_logs(self) -> list[RunLog]:
+        """The log of every run the store holds (running and kept finished ones)."""
+        logs = []
+        for run_id in self._store.run_ids():
+            try:
+                logs.append(self._store.get(run_id))
+            except RunNotFoundError:
+                continue  # retired between the listing and the read
+        return logs
+
+    def run_edges(self, run_id: str) -> list[tuple[str, str]]:
+        """The dependency edges among a run's tasks: from the run's own copy while it runs,
+        else from its workflow's definition as it is now (limited to the run's tasks); none
+        when the workflow is gone."""
+        run_log = self.get_run_log(run_id)
+        ctx = self._run_contexts.get(run_id)
+        workflow = ctx.workflow if isinstance(ctx, RunContext) else None
+        workflow = workflow or self._workflows.get(run_log.workflow_id)
+        if workflow is None:
+            return []
+        tasks = run_log.state.tasks
+        return [(a, b) for a, b in workflow.get_graph_edges() if a in tasks and b in tasks]
+
 
 def _check_task_id(task_id: str) -> None:
     """A client-chosen task id must be a UUID, like the ones the server gives out."""

@@ -16,7 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lattice.core.run.events import RunEvent, RunStatus
@@ -33,6 +33,9 @@ class LoggedEvent:
 
     seq: int
     event: RunEvent
+    #: when the log took it (seconds since the epoch); None for an event read back from a
+    #: store, which keeps no times (the dashboard shows no times for those)
+    at: float | None = field(default=None, compare=False)
 
     @property
     def kind(self) -> str:
@@ -63,6 +66,8 @@ class RunLog:
         self._durable: int | None = None if sink is None else 0
         #: the head is stopping and the run stays unfinished (it resumes after a restart)
         self.released = False
+        #: when this log was made (the run accepted, or read back after a restart)
+        self.created_at = time.time()
 
     def load(self, events: Iterable[RunEvent]) -> None:
         """Fold and keep events read back from a store (not written again)."""
@@ -84,7 +89,7 @@ class RunLog:
         """Fold ``event`` into the state and log it. Raises InvalidTransition (and logs
         nothing) for an event the state cannot take, e.g. anything after ``finish_workflow``."""
         self.state.apply(event)
-        logged = LoggedEvent(len(self._events), event)
+        logged = LoggedEvent(len(self._events), event, time.time())
         self._events.append(logged)
         if self._sink is not None:
             self._sink(logged)
