@@ -16,6 +16,7 @@ scheduler. This module imports nothing of the server, so the client SDK can name
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -72,11 +73,19 @@ class TaskContext:
 
     ``attempt`` says which task of which run this is and its attempt number; its
     ``idempotency_key`` is the same for every attempt. Routing: :meth:`goto` and :meth:`end`.
+    Cancellation: :meth:`is_cancelled` and :meth:`wait_cancelled`.
     """
 
-    def __init__(self, attempt: TaskAttempt | None, task_name: str) -> None:
+    def __init__(
+        self,
+        attempt: TaskAttempt | None,
+        task_name: str,
+        cancelled: threading.Event | None = None,
+    ) -> None:
         self._attempt = attempt
         self.task_name = task_name
+        #: set by the executor when the task or its run is cancelled (see docs/cancellation.md)
+        self._cancelled = cancelled if cancelled is not None else threading.Event()
         self._goto: list[str] | None = None
         self._end = False
 
@@ -119,6 +128,18 @@ class TaskContext:
         """Finish the run successfully once this task and the tasks already running are done;
         nothing else starts."""
         self._end = True
+
+    # --- cancellation (spec/003 CancellationToken) -------------------------------------------
+
+    def is_cancelled(self) -> bool:
+        """Whether this task or its run has been cancelled: a cooperative task checks it
+        between steps and returns (what it returns then is discarded)."""
+        return self._cancelled.is_set()
+
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """Block until the task is cancelled or ``timeout`` seconds pass; True if cancelled.
+        Use it instead of ``time.sleep`` between steps, so a cancel wakes the task at once."""
+        return self._cancelled.wait(timeout)
 
     def directives(self) -> TaskDirectives:
         """What this execution asked of its run so far."""

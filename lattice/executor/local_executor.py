@@ -6,8 +6,9 @@ caps threads. I/O-bound tasks with a small ``cpu`` overlap far beyond the core c
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, InvalidStateError, ThreadPoolExecutor
 
 from lattice.exceptions import TaskErrorInfo
 from lattice.executor.base import (
@@ -30,7 +31,11 @@ CANCELLED = TaskErrorInfo.framework("TaskCancelledError", "task was cancelled")
 class _LocalHandle(TaskHandle):
     def __init__(self, task_key: str, future: Future[TaskOutcome]) -> None:
         super().__init__(task_key)
+        #: the task's outcome as reported: completed by the task's thread, or at once by
+        #: :meth:`LocalExecutor.cancel` (the thread's late result is then discarded)
         self.future = future
+        #: the task's cancellation token (TaskContext.is_cancelled)
+        self.cancelled = threading.Event()
 
     def add_done_callback(self, fn: DoneCallback) -> None:
         self.future.add_done_callback(lambda f: fn(_outcome(f)))
@@ -90,54 +95,78 @@ class LocalExecutor(ExecutorBackend):
             self.initialize()
         pool = self._pool
         assert pool is not None
-        pending = pending_outputs(submission)
-        if not pending:
-            return _LocalHandle(submission.task_key, pool.submit(self._run, submission))
-        future: Future[TaskOutcome] = Future()
+        handle = _LocalHandle(submission.task_key, Future())
+        future = handle.future
 
         def ready(resolved: TaskSubmission) -> None:
-            if not future.set_running_or_notify_cancel():
-                return  # cancelled while it waited
             try:
-                pool.submit(self._run_into, resolved, future)
+                pool.submit(self._run_into, resolved, handle)
             except RuntimeError as exc:  # the executor was shut down while it waited
-                message = f"task {submission.task_name} was not started: {exc}"
-                future.set_result(
-                    TaskOutcome(error=TaskErrorInfo.framework("ExecutorError", message))
-                )
+                if future.set_running_or_notify_cancel():
+                    message = f"task {submission.task_name} was not started: {exc}"
+                    future.set_result(
+                        TaskOutcome(error=TaskErrorInfo.framework("ExecutorError", message))
+                    )
 
         def failed(exc: UpstreamFailed) -> None:
             if future.set_running_or_notify_cancel():
                 future.set_result(TaskOutcome(error=error_info(exc, skip_frames=0)))
 
-        when_resolved(submission, pending, ready, failed)
-        return _LocalHandle(submission.task_key, future)
+        pending = pending_outputs(submission)
+        if pending:
+            when_resolved(submission, pending, ready, failed)
+        else:
+            ready(submission)
+        return handle
 
-    def _run_into(self, submission: TaskSubmission, future: Future[TaskOutcome]) -> None:
+    def _run_into(self, submission: TaskSubmission, handle: _LocalHandle) -> None:
+        future = handle.future
+        if not future.set_running_or_notify_cancel():
+            return  # cancelled before it started
         try:
-            outcome = self._run(submission)
+            outcome = self._run(submission, handle.cancelled)
         except BaseException as exc:
-            future.set_exception(exc)  # reported as the task's ExecutorError (see _outcome)
+            with contextlib.suppress(InvalidStateError):  # already reported cancelled
+                future.set_exception(exc)  # reported as the task's ExecutorError (see _outcome)
             raise
-        future.set_result(outcome)
+        if handle.cancelled.is_set():
+            # A task that saw its token and returned was cancelled, whatever it returned.
+            outcome = TaskOutcome(error=CANCELLED, duration=outcome.duration)
+        with contextlib.suppress(InvalidStateError):  # reported cancelled already: discarded
+            future.set_result(outcome)
 
-    def _run(self, submission: TaskSubmission) -> TaskOutcome:
+    def _run(self, submission: TaskSubmission, cancelled: threading.Event) -> TaskOutcome:
         if self._sandbox is not None and self._sandbox.applies(submission):
             outcome = self._sandbox.run(submission)
         else:
-            outcome = execute(submission, set_gpu_env=False, decoding=self._decoding)
+            outcome = execute(
+                submission, set_gpu_env=False, decoding=self._decoding, cancelled=cancelled
+            )
         # Large outputs stay the objects they are; runs and clients get a reference.
         return keep_large_values(outcome, submission.kind, keep_in_process)
 
     def cancel(self, handle: TaskHandle) -> bool:
-        # A thread cannot be interrupted; a queued task can. A sandboxed task's child process
-        # is killed by the sandbox runner.
+        """Stop a task: a queued one is dropped; a running one has its token set
+        (TaskContext.is_cancelled). A sandboxed task's child process is then killed by the
+        sandbox runner and the task reported cancelled once it is gone. A thread cannot be
+        killed: the task is reported cancelled at once (its resources are released) and its
+        result, whenever it comes, is discarded.
+
+        Returns False if the task had already ended; otherwise True.
+        """
         assert isinstance(handle, _LocalHandle)
+        handle.cancelled.set()
         if handle.future.cancel():
             return True
-        if self._sandbox is not None:
-            return self._sandbox.cancel(handle.task_key)
-        return False
+        if handle.future.done():
+            return False
+        if self._sandbox is not None and self._sandbox.cancel(handle.task_key):
+            return True
+        try:
+            handle.future.set_result(TaskOutcome(error=CANCELLED))
+        except InvalidStateError:  # it ended meanwhile
+            return False
+        return True
 
     def shutdown(self) -> None:
         with self._lock:

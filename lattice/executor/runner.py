@@ -10,6 +10,7 @@ import asyncio
 import functools
 import inspect
 import os
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -162,6 +163,7 @@ def execute(
     *,
     set_gpu_env: bool = True,
     decoding: AbstractContextManager[Any] | None = None,
+    cancelled: threading.Event | None = None,
 ) -> TaskOutcome:
     """Run ``sub`` here and now. ``set_gpu_env`` exports CUDA_VISIBLE_DEVICES (process-wide,
     so only where one task owns the process: a Ray worker or a sandbox child).
@@ -171,10 +173,13 @@ def execute(
     import a package with circular imports at the same moment can see one of its modules
     half-initialised (Python breaks the cycle between their import locks by handing one of
     them the partial module). Held for the decoding only, never while the task runs.
+
+    ``cancelled`` is the task's cancellation token (:meth:`TaskContext.is_cancelled`), set by
+    the executor that runs it.
     """
     start = time.perf_counter()
     token = _CURRENT_ATTEMPT.set(sub.attempt)
-    ctx = TaskContext(sub.attempt, sub.task_name)
+    ctx = TaskContext(sub.attempt, sub.task_name, cancelled)
     try:
         with _gpu_env(sub.node.gpu_ids, set_gpu_env):
             with decoding if decoding is not None else nullcontext():
