@@ -206,8 +206,11 @@ def test_cancelling_a_run_takes_back_its_chain_and_frees_everything(
         run_id, tasks, handles = await start_gated_chain(orch, gate, recording)
 
         orch.cancel_run(run_id)
-        # The scheduler withdrew the follower (before `first` could hand it anything).
-        assert handles["second"].result(h.WAIT).error == CANCELLED
+        # The follower never ran: the scheduler withdrew it, or (local executor, where a
+        # running task is reported cancelled at once) `first`'s cancel reached it first as an
+        # upstream without output.
+        withdrawn = handles["second"].result(h.WAIT).error
+        assert withdrawn is not None and withdrawn.type in (CANCELLED.type, "UpstreamFailed")
         await gate.open(1)
         run = await wait_run(orch, run_id)
 

@@ -221,10 +221,8 @@ def test_deleting_a_queued_task_cancels_it_alone_and_skips_its_dependants(
     assert again.status_code in (200, 409)  # 409 once the first cancel is recorded
     tasks = summary["tasks"]
     assert tasks[doomed.task_id]["status"] == "cancelled"
-    assert tasks[after.task_id] == {
-        "status": "skipped",
-        "reason": f"upstream task {doomed.task_id} was cancelled",
-    }
+    skipped = {"status": "skipped", "reason": f"upstream task {doomed.task_id} was cancelled"}
+    assert skipped.items() <= tasks[after.task_id].items()
     assert tasks[other.task_id]["status"] == "completed"
     assert tasks[other.task_id]["result"] == {"y": 11}
     assert summary["status"] == "cancelled"
